@@ -1,0 +1,41 @@
+# One command per chore, the same in CI and on a laptop.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+HOST ?= 127.0.0.1
+PORT ?= 8000
+
+.PHONY: run test lint openapi bench clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+# Stamps record what is installed; they are redone when pyproject.toml changes.
+$(VENV)/.installed: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml | $(PY)
+	$(PY) -m pip install --quiet -e '.[test,dev]'
+	touch $@ $(VENV)/.installed
+
+run: $(VENV)/.installed
+	$(PY) -m service --host $(HOST) --port $(PORT)
+
+test: $(VENV)/.installed-test
+	$(PY) -m ruff check service tests bench
+	$(PY) -m ruff format --check service tests bench
+	$(PY) -m mypy
+	$(PY) -m pytest
+
+lint: $(VENV)/.installed-test
+	$(PY) -m ruff check service tests bench
+	$(PY) -m ruff format --check service tests bench
+	$(PY) -m mypy
+
+bench: $(VENV)/.installed-test
+	$(PY) bench/engine.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""HTTP: FastAPI routers, dependencies and the error table."""

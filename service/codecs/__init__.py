@@ -1,0 +1,1 @@
+"""Wire formats <-> numpy. Never imports fastapi or onnxruntime."""

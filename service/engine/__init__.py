@@ -1,0 +1,1 @@
+"""Arrays in, arrays out: ONNX graphs and ONNX Runtime sessions. Knows nothing of HTTP."""

@@ -1,0 +1,50 @@
+"""The dtypes the engine computes in: one table, shared by the graphs and the codecs."""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Literal
+
+import ml_dtypes
+import numpy as np
+
+Output = Literal["loss", "grad_logits", "grad_labels"]
+SOFT_OUTPUTS: tuple[Output, ...] = ("loss", "grad_logits", "grad_labels")
+SPARSE_OUTPUTS: tuple[Output, ...] = ("loss", "grad_logits")
+
+
+@dataclass(frozen=True)
+class DTypeInfo:
+    numpy: np.dtype[np.generic]
+    #: computed in float32 and cast back, as TensorFlow does for half types
+    half: bool
+
+
+class DType(enum.Enum):
+    """A tensor element type, named as numpy and the native API name it."""
+
+    float16 = DTypeInfo(np.dtype(np.float16), True)
+    bfloat16 = DTypeInfo(np.dtype(ml_dtypes.bfloat16), True)
+    float32 = DTypeInfo(np.dtype(np.float32), False)
+    float64 = DTypeInfo(np.dtype(np.float64), False)
+    int32 = DTypeInfo(np.dtype(np.int32), False)
+    int64 = DTypeInfo(np.dtype(np.int64), False)
+
+    @property
+    def numpy(self) -> np.dtype[np.generic]:
+        return self.value.numpy
+
+    @property
+    def is_float(self) -> bool:
+        return self.numpy.kind == "f" or self is DType.bfloat16
+
+    @classmethod
+    def of(cls, array: np.ndarray) -> DType | None:
+        """The DType of a numpy array, or None if the engine does not compute in it."""
+        return _BY_NUMPY.get(array.dtype)
+
+
+_BY_NUMPY = {member.numpy: member for member in DType}
+FLOAT_DTYPES = tuple(d for d in DType if d.is_float)
+INDEX_DTYPES = (DType.int32, DType.int64)

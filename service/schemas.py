@@ -1,0 +1,120 @@
+"""Wire models of the native API (pydantic v2). Tensors stay raw JSON here; codecs decode them."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Self
+
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
+
+FloatDType = Literal["float16", "bfloat16", "float32", "float64"]
+IndexDType = Literal["int32", "int64"]
+SoftOutput = Literal["loss", "grad_logits", "grad_labels"]
+SparseOutput = Literal["loss", "grad_logits"]
+
+TensorData = Annotated[
+    Any,
+    WithJsonSchema(
+        {
+            "description": (
+                "A number or nested lists of numbers (row-major). Non-finite values are "
+                'the strings "NaN", "Infinity", "-Infinity".'
+            ),
+            "anyOf": [
+                {"type": "number"},
+                {"type": "string", "enum": ["NaN", "Infinity", "-Infinity"]},
+                {"type": "array", "items": {}},
+            ],
+        }
+    ),
+]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    logits: TensorData = Field(description="Unscaled log probabilities.")
+    name: str | None = Field(None, max_length=256, description="Echoed in the response.")
+
+
+class LossRequest(_Request):
+    """Arguments of tf.nn.softmax_cross_entropy_with_logits_v2, by name."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "labels": [[0.0, 1.0], [0.5, 0.5]],
+                    "logits": [[2.0, -1.0], [0.3, 0.1]],
+                    "dim": -1,
+                    "dtype": "float32",
+                    "outputs": ["loss", "grad_logits"],
+                    "name": "eval-step-42",
+                }
+            ]
+        }
+    )
+
+    labels: TensorData = Field(
+        description="A probability distribution along `dim`; broadcasts against logits."
+    )
+    dim: int | None = Field(None, description="Class dimension (default -1).")
+    axis: int | None = Field(None, description="TensorFlow 2's name for `dim`.")
+    dtype: FloatDType = "float32"
+    outputs: list[SoftOutput] = Field(
+        default_factory=lambda: list[SoftOutput](["loss"]), min_length=1
+    )
+    grad_loss: TensorData | None = Field(
+        None, description="Upstream gradient, the loss's shape (default ones)."
+    )
+
+    @model_validator(mode="after")
+    def _one_class_dimension(self) -> Self:
+        if self.dim is not None and self.axis is not None and self.dim != self.axis:
+            raise ValueError(f"dim ({self.dim}) and axis ({self.axis}) disagree; give one")
+        return self
+
+    @property
+    def class_dim(self) -> int:
+        """`dim`, else `axis`, else -1."""
+        return self.dim if self.dim is not None else self.axis if self.axis is not None else -1
+
+
+class SparseLossRequest(_Request):
+    """Arguments of tf.nn.sparse_softmax_cross_entropy_with_logits, by name."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"labels": [1, 0], "logits": [[2.0, -1.0], [0.3, 0.1]]}]}
+    )
+
+    labels: TensorData = Field(
+        description="Class indices in [0, C), the logits' shape without the last dimension."
+    )
+    dtype: FloatDType = "float32"
+    labels_dtype: IndexDType = "int64"
+    outputs: list[SparseOutput] = Field(
+        default_factory=lambda: list[SparseOutput](["loss"]), min_length=1
+    )
+    grad_loss: TensorData | None = Field(
+        None, description="Upstream gradient, the labels' shape (default ones)."
+    )
+
+
+class TensorOut(BaseModel):
+    shape: list[int]
+    data: TensorData
+
+
+class LossResponse(BaseModel):
+    """One member per requested output."""
+
+    name: str | None
+    dtype: FloatDType
+    loss: TensorOut | None = None
+    grad_logits: TensorOut | None = None
+    grad_labels: TensorOut | None = None
+
+
+class ErrorDetail(BaseModel):
+    """Native API error body."""
+
+    detail: str

@@ -1,0 +1,31 @@
+"""Settings from the environment (prefix ``SCE_``); the command line overrides host and port."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything the service can be told; invalid values fail at start-up."""
+
+    model_config = SettingsConfigDict(env_prefix="SCE_", frozen=True, extra="forbid")
+
+    host: str = "127.0.0.1"
+    """Address to listen on (use 0.0.0.0 in a container)."""
+    port: int = Field(8000, ge=0, le=65535)
+    """TCP port to listen on."""
+    workers: int = Field(1, ge=1, le=64)
+    """uvicorn worker processes; each builds its own sessions."""
+    providers: Literal["cpu", "cuda"] = "cpu"
+    """Execution provider: cpu, or cuda (CUDA first, CPU fallback with a warning)."""
+    intra_op_threads: int | None = Field(None, ge=1, le=1024)
+    """ONNX Runtime intra-op threads; unset: the CPUs this container may use."""
+    max_request_bytes: int = Field(512 * 1024 * 1024, ge=1024)
+    """Largest request body accepted, after decompression (413 above it)."""
+    api_key: SecretStr | None = None
+    """When set, API routes need `Authorization: Bearer <key>`; health and metrics stay open."""
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    """Log level for the service and uvicorn."""

@@ -1,0 +1,64 @@
+"""End to end: the real server (uvicorn on a loopback port), called over HTTP with httpx."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.conftest import start_server, stop_server
+from tests.reference import assert_close, random_distribution, softmax_xent
+
+SOFT = "/v1/softmax_cross_entropy_with_logits"
+
+
+def test_real_server_computes_loss_and_gradients(server_url: str, rng: np.random.Generator) -> None:
+    labels = random_distribution(rng, (8, 10), -1).astype(np.float32)
+    logits = rng.standard_normal((8, 10)).astype(np.float32)
+    body = {
+        "labels": labels.tolist(),
+        "logits": logits.tolist(),
+        "outputs": ["loss", "grad_logits", "grad_labels"],
+    }
+    response = httpx.post(server_url + SOFT, json=body, timeout=30)
+    assert response.status_code == 200, response.text
+    expected = softmax_xent(labels, logits)
+    for name in ("loss", "grad_logits", "grad_labels"):
+        assert_close(np.array(response.json()[name]["data"]), expected[name], "float32", name)
+
+
+def test_bad_requests_leave_the_server_serving(server_url: str) -> None:
+    with httpx.Client(base_url=server_url, timeout=30) as http:
+        bad = [
+            http.post(SOFT, content=b"{", headers={"content-type": "application/json"}),
+            http.post(SOFT, json=[1, 2]),
+            http.post(SOFT, json={"labels": [1.0, 0.0], "logits": [1.0, 2.0, 3.0]}),
+            http.post(SOFT, content=b"x", headers={"content-type": "text/csv"}),
+            http.get("/v1/nowhere"),
+        ]
+        assert [r.status_code for r in bad] == [400, 422, 422, 415, 404]
+        assert all("detail" in r.json() for r in bad)
+        good = http.post(SOFT, json={"labels": [0.0, 1.0], "logits": [0.0, 0.0]})
+        assert good.status_code == 200
+        assert good.json()["loss"]["data"] == pytest.approx(np.log(2.0), rel=1e-6)
+
+
+def test_console_script_starts_the_server() -> None:
+    script = shutil.which("sce-serve", path=str(Path(sys.executable).parent))
+    assert script is not None, "sce-serve is not installed next to this interpreter"
+    # The flag wins over SCE_PORT, which points nowhere useful.
+    proc, url = start_server(env={"SCE_PORT": "1"}, command=[script])
+    try:
+        assert httpx.get(url + "/v2/health/live", timeout=10).json() == {"live": True}
+    finally:
+        stop_server(proc)
+
+
+def test_invalid_settings_fail_fast_with_a_message() -> None:
+    with pytest.raises(RuntimeError, match="providers"):
+        start_server(env={**os.environ, "SCE_PROVIDERS": "tpu"}, timeout=30)
