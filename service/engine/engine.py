@@ -230,7 +230,7 @@ class Engine:
             shapes["grad_labels"] = np.broadcast_shapes(
                 feeds["logits"].shape, feeds["grad_loss"].shape
             )
-        values = {name: np.empty(shapes[name], compute.numpy) for name in wanted}
+        values: dict[str, np.ndarray] = {n: np.empty(shapes[n], compute.numpy) for n in wanted}
         sessions.run_bound(session, feeds, values)
 
         result: dict[str, np.ndarray] = {}
@@ -298,7 +298,7 @@ class Engine:
         session = self._sessions["sparse", dtype, label_dtype, wanted]
         rows = feeds["logits"].shape[0]
         shapes = {"loss": (rows,), "grad_logits": (rows, classes)}
-        values = {name: np.empty(shapes[name], dtype.numpy) for name in wanted}
+        values: dict[str, np.ndarray] = {n: np.empty(shapes[n], dtype.numpy) for n in wanted}
         sessions.run_bound(session, feeds, values)
         return LossResult(
             dtype=dtype,
