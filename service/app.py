@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
 
 from service import __version__
-from service.api import errors, ops, v1
+from service.api import errors, ops, v1, v2
 from service.engine.engine import Engine
 from service.settings import Settings
 
@@ -48,6 +48,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.register(app)
     app.include_router(v1.router)
     app.include_router(ops.router)
+    app.include_router(v2.router)
     return app
 
 

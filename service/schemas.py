@@ -118,3 +118,111 @@ class ErrorDetail(BaseModel):
     """Native API error body."""
 
     detail: str
+
+
+# Open Inference Protocol (KServe v2 / Triton) REST models.
+
+
+class _V2Model(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class InferParameters(_V2Model):
+    """Tensor or request parameters; unknown keys are kept (the protocol allows any)."""
+
+    binary_data_size: int | None = Field(None, ge=0)
+    binary_data: bool | None = None
+    binary_data_output: bool | None = None
+    dim: int | None = None
+    axis: int | None = None
+
+
+class RequestInput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: InferParameters | None = None
+    data: TensorData | None = None
+
+
+class RequestOutput(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    parameters: InferParameters | None = None
+
+
+class InferenceRequest(BaseModel):
+    """POST /v2/models/{model}/infer: the JSON header of the body."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {
+                    "id": "42",
+                    "parameters": {"dim": -1},
+                    "inputs": [
+                        {"name": "labels", "shape": [1, 2], "datatype": "FP32", "data": [0, 1]},
+                        {"name": "logits", "shape": [1, 2], "datatype": "FP32", "data": [2, -1]},
+                    ],
+                    "outputs": [{"name": "loss"}],
+                }
+            ]
+        },
+    )
+
+    id: str | None = None
+    parameters: InferParameters | None = None
+    inputs: list[RequestInput] = Field(min_length=1)
+    outputs: list[RequestOutput] | None = None
+
+
+class ResponseOutput(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: InferParameters | None = None
+    data: TensorData | None = None
+
+
+class InferenceResponse(BaseModel):
+    model_name: str
+    model_version: str | None = None
+    id: str | None = None
+    outputs: list[ResponseOutput]
+
+
+class TensorMetadata(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorMetadata]
+    outputs: list[TensorMetadata]
+    parameters: dict[str, Any] = Field(default_factory=dict)
+
+
+class ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+    providers: list[str] = Field(description="Execution providers really in use.")
+
+
+class ModelReady(BaseModel):
+    name: str
+    ready: bool
+
+
+class V2Error(BaseModel):
+    """Open Inference Protocol error body."""
+
+    error: str

@@ -1,47 +1,107 @@
-"""Reading request bodies under the size limit, into one buffer."""
+"""Reading request bodies under the size limit, into one buffer, inflating gzip/deflate."""
 
 from __future__ import annotations
 
+import zlib
+from collections.abc import AsyncIterator
+
 from fastapi import Request
 
-from service.errors import MalformedBody, PayloadTooLarge
+from service.errors import MalformedBody, PayloadTooLarge, UnsupportedMediaType
+
+GZIP_WBITS = 16 + zlib.MAX_WBITS
+ZLIB_WBITS = zlib.MAX_WBITS
+RAW_DEFLATE_WBITS = -zlib.MAX_WBITS
 
 
 def _too_large(limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(f"request body is larger than the limit of {limit} bytes")
 
 
-async def read_body(request: Request, limit: int) -> bytes | bytearray:
-    """The whole body, refused with 413 from Content-Length before reading, or while streaming.
-
-    With a Content-Length the body is streamed into one preallocated buffer (no
-    ``b"".join`` of chunks, which would hold the body twice).
-    """
+async def _read_raw(request: Request, limit: int) -> bytes | bytearray:
+    """The body as sent. With a Content-Length it is streamed into one preallocated
+    buffer (no ``b"".join`` of chunks, which would hold the body twice)."""
     declared = request.headers.get("content-length")
-    if declared is not None:
-        try:
-            size = int(declared)
-        except ValueError:
-            raise MalformedBody(f"Content-Length {declared[:32]!r} is not a number") from None
-        if size > limit:
-            raise _too_large(limit)
-        buffer = bytearray(size)
-        view = memoryview(buffer)
-        filled = 0
+    if declared is None:
+        chunks: list[bytes] = []
+        total = 0
         async for chunk in request.stream():
-            end = filled + len(chunk)
-            if end > size:
-                raise MalformedBody("request body is longer than its Content-Length")
-            view[filled:end] = chunk
-            filled = end
-        if filled != size:
-            raise MalformedBody(f"request body ended after {filled} of {size} bytes")
-        return buffer
-    chunks: list[bytes] = []
-    total = 0
+            total += len(chunk)
+            if total > limit:
+                raise _too_large(limit)
+            chunks.append(chunk)
+        return b"".join(chunks)
+    try:
+        size = int(declared)
+    except ValueError:
+        raise MalformedBody(f"Content-Length {declared[:32]!r} is not a number") from None
+    if size > limit:
+        raise _too_large(limit)
+    buffer = bytearray(size)
+    view = memoryview(buffer)
+    filled = 0
     async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise _too_large(limit)
-        chunks.append(chunk)
-    return b"".join(chunks)
+        end = filled + len(chunk)
+        if end > size:
+            raise MalformedBody("request body is longer than its Content-Length")
+        view[filled:end] = chunk
+        filled = end
+    if filled != size:
+        raise MalformedBody(f"request body ended after {filled} of {size} bytes")
+    return buffer
+
+
+async def _inflate(request: Request, limit: int, encoding: str) -> bytearray:
+    """Inflate while reading; past `limit` decompressed bytes it is a 413 at once."""
+    out = bytearray()
+    inflater: zlib._Decompress | None = None
+
+    async def compressed() -> AsyncIterator[bytes]:
+        received = 0
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limit:
+                raise _too_large(limit)
+            if chunk:
+                yield chunk
+
+    try:
+        async for chunk in compressed():
+            if inflater is None:
+                if encoding == "gzip":
+                    wbits = GZIP_WBITS
+                else:  # "deflate" is zlib-wrapped by the RFC, raw by some clients
+                    wbits = ZLIB_WBITS if chunk[0] & 0x0F == 8 else RAW_DEFLATE_WBITS
+                inflater = zlib.decompressobj(wbits)
+            out += inflater.decompress(chunk, limit + 1 - len(out))
+            if len(out) > limit or inflater.unconsumed_tail:
+                raise _too_large(limit)
+        if inflater is None:
+            return out
+        out += inflater.flush()
+    except zlib.error as exc:
+        raise MalformedBody(f"body is not valid {encoding} data: {exc}") from None
+    if len(out) > limit:
+        raise _too_large(limit)
+    if not inflater.eof:
+        raise MalformedBody(f"{encoding} body is truncated")
+    return out
+
+
+async def read_body(request: Request, limit: int) -> bytes | bytearray:
+    """The whole (decompressed) body, refused with 413 past `limit` bytes.
+
+    Content-Length is checked before anything is read; a compressed body is
+    checked again while it inflates, so a zip bomb never grows past the limit.
+    """
+    encoding = request.headers.get("content-encoding", "identity").strip().lower()
+    if encoding in ("", "identity"):
+        return await _read_raw(request, limit)
+    if encoding not in ("gzip", "deflate"):
+        raise UnsupportedMediaType(
+            f"Content-Encoding {encoding[:32]!r} is not supported; use gzip, deflate or identity"
+        )
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise _too_large(limit)
+    return await _inflate(request, limit, encoding)

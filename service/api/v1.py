@@ -1,18 +1,25 @@
-"""The native API: named arguments in, the requested outputs out (JSON)."""
+"""The native API: named arguments in, the requested outputs out.
+
+Bodies are JSON (arguments in the object) or safetensors (tensors in the body,
+`dim`, `outputs` and `name` in the query string); the response is JSON, or
+safetensors when the client sends `Accept: application/x-safetensors`.
+"""
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from dataclasses import dataclass
+from typing import Annotated, Any, TypeVar
 
+import numpy as np
 import orjson
-from fastapi import APIRouter, Request, Response
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from service.api.body import read_body
 from service.api.deps import EngineDep, SettingsDep
 from service.api.errors import describe_validation
-from service.codecs import json_tensor
+from service.codecs import json_tensor, safetensors
 from service.engine.engine import Engine, LossResult
 from service.engine.types import DType
 from service.errors import InvalidArgument, MalformedBody, UnsupportedMediaType
@@ -21,33 +28,43 @@ from service.schemas import ErrorDetail, LossRequest, LossResponse, SparseLossRe
 router = APIRouter(prefix="/v1", tags=["native"])
 
 JSON = "application/json"
+SAFETENSORS = safetensors.MEDIA_TYPE
 Model = TypeVar("Model", bound=BaseModel)
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorDetail, "description": text}
     for status, text in {
-        400: "Malformed body (bad JSON)",
+        400: "Malformed body (bad JSON, invalid safetensors)",
         401: "API key missing or wrong",
         413: "Body over the configured limit",
-        415: "Unsupported Content-Type",
+        415: "Unsupported Content-Type or Content-Encoding",
         422: "Invalid arguments: shapes, dtypes, dim, label range, unknown members",
         503: "Not ready",
     }.items()
 }
 
 
-def _request_body(model: type[BaseModel]) -> dict[str, Any]:
-    return {
-        "requestBody": {
-            "required": True,
-            "content": {JSON: {"schema": model.model_json_schema()}},
-        }
-    }
+@dataclass(frozen=True)
+class QueryArguments:
+    """Arguments that travel in the query string with a safetensors body."""
+
+    dim: int | None
+    axis: int | None
+    outputs: str | None
+    name: str | None
+
+    def given(self) -> list[str]:
+        return [k for k, v in vars(self).items() if v is not None]
 
 
-def _media_type(request: Request) -> str:
-    content_type = request.headers.get("content-type", JSON)
-    return content_type.split(";", 1)[0].strip().lower()
+@dataclass(frozen=True)
+class Call:
+    """One decoded request, whatever its wire format."""
+
+    arrays: dict[str, np.ndarray]
+    outputs: list[str]
+    name: str | None
+    dim: int = -1
 
 
 def parse_arguments(body: bytes | bytearray, model: type[Model]) -> Model:
@@ -67,12 +84,74 @@ def parse_arguments(body: bytes | bytearray, model: type[Model]) -> Model:
     except ValidationError as exc:
         message = describe_validation(exc.errors())
         if any(e["type"] == "extra_forbidden" for e in exc.errors()):
-            allowed = ", ".join(model.model_fields)
-            message += f"; arguments must be named, one of: {allowed}"
+            message += f"; arguments must be named, one of: {', '.join(model.model_fields)}"
         raise InvalidArgument(message) from None
 
 
-def encode_result(result: LossResult, name: str | None) -> bytes:
+def _decode_optional(value: Any, dtype: DType, name: str) -> dict[str, np.ndarray]:
+    return {} if value is None else {name: json_tensor.decode(value, dtype, name)}
+
+
+def _soft_from_json(body: bytes | bytearray) -> Call:
+    args = parse_arguments(body, LossRequest)
+    dtype = DType[args.dtype]
+    arrays = {
+        "labels": json_tensor.decode(args.labels, dtype, "labels"),
+        "logits": json_tensor.decode(args.logits, dtype, "logits"),
+        **_decode_optional(args.grad_loss, dtype, "grad_loss"),
+    }
+    return Call(arrays, list(args.outputs), args.name, args.class_dim)
+
+
+def _sparse_from_json(body: bytes | bytearray) -> Call:
+    args = parse_arguments(body, SparseLossRequest)
+    dtype = DType[args.dtype]
+    arrays = {
+        "labels": json_tensor.decode(args.labels, DType[args.labels_dtype], "labels"),
+        "logits": json_tensor.decode(args.logits, dtype, "logits"),
+        **_decode_optional(args.grad_loss, dtype, "grad_loss"),
+    }
+    return Call(arrays, list(args.outputs), args.name)
+
+
+def _from_safetensors(body: bytes | bytearray, query: QueryArguments, *, sparse: bool) -> Call:
+    arrays = safetensors.decode(body)
+    unknown = sorted(set(arrays) - {"labels", "logits", "grad_loss"})
+    if unknown:
+        raise InvalidArgument(
+            f"unknown tensor(s) {', '.join(unknown)}; send labels, logits and optionally grad_loss"
+        )
+    missing = [n for n in ("labels", "logits") if n not in arrays]
+    if missing:
+        raise InvalidArgument(f"the safetensors body needs tensor(s) {', '.join(missing)}")
+    if sparse and (query.dim is not None or query.axis is not None):
+        raise InvalidArgument("the sparse op takes no dim: its class dimension is the last")
+    if query.dim is not None and query.axis is not None and query.dim != query.axis:
+        raise InvalidArgument(f"dim ({query.dim}) and axis ({query.axis}) disagree; give one")
+    dim = query.dim if query.dim is not None else query.axis if query.axis is not None else -1
+    outputs = [o.strip() for o in (query.outputs or "loss").split(",") if o.strip()]
+    return Call(arrays, outputs, query.name, dim)
+
+
+def _compute(engine: Engine, call: Call, *, sparse: bool) -> LossResult:
+    a = call.arrays
+    if sparse:
+        return engine.sparse_softmax_cross_entropy(
+            labels=a["labels"],
+            logits=a["logits"],
+            grad_loss=a.get("grad_loss"),
+            outputs=call.outputs,
+        )
+    return engine.softmax_cross_entropy(
+        labels=a["labels"],
+        logits=a["logits"],
+        grad_loss=a.get("grad_loss"),
+        dim=call.dim,
+        outputs=call.outputs,
+    )
+
+
+def encode_json(result: LossResult, name: str | None) -> bytes:
     """A LossResult as the JSON response document."""
     document: dict[str, Any] = {"name": name, "dtype": result.dtype.name}
     for output, array in result.items():
@@ -80,41 +159,83 @@ def encode_result(result: LossResult, name: str | None) -> bytes:
     return json_tensor.dumps(document)
 
 
-def _soft_json(body: bytes | bytearray, engine: Engine) -> bytes:
-    args = parse_arguments(body, LossRequest)
-    dtype = DType[args.dtype]
-    grad_loss = args.grad_loss
-    result = engine.softmax_cross_entropy(
-        labels=json_tensor.decode(args.labels, dtype, "labels"),
-        logits=json_tensor.decode(args.logits, dtype, "logits"),
-        dim=args.class_dim,
-        grad_loss=None if grad_loss is None else json_tensor.decode(grad_loss, dtype, "grad_loss"),
-        outputs=args.outputs,
-    )
-    return encode_result(result, args.name)
+def encode_safetensors(result: LossResult, name: str | None) -> bytes:
+    """A LossResult as a safetensors body; name and dtype in its metadata."""
+    metadata = {"dtype": result.dtype.name, **({"name": name} if name is not None else {})}
+    return safetensors.encode(dict(result.items()), metadata)
 
 
-def _sparse_json(body: bytes | bytearray, engine: Engine) -> bytes:
-    args = parse_arguments(body, SparseLossRequest)
-    dtype = DType[args.dtype]
-    grad_loss = args.grad_loss
-    result = engine.sparse_softmax_cross_entropy(
-        labels=json_tensor.decode(args.labels, DType[args.labels_dtype], "labels"),
-        logits=json_tensor.decode(args.logits, dtype, "logits"),
-        grad_loss=None if grad_loss is None else json_tensor.decode(grad_loss, dtype, "grad_loss"),
-        outputs=args.outputs,
-    )
-    return encode_result(result, args.name)
+def _handle(
+    body: bytes | bytearray,
+    media_type: str,
+    query: QueryArguments,
+    wants_safetensors: bool,
+    engine: Engine,
+    sparse: bool,
+) -> bytes:
+    """Decode, compute, encode: the blocking part of a request, run off the event loop."""
+    if media_type == SAFETENSORS:
+        call = _from_safetensors(body, query, sparse=sparse)
+    else:
+        if query.given():
+            raise InvalidArgument(
+                f"query parameter(s) {', '.join(query.given())} apply to safetensors bodies; "
+                "with JSON put them in the object"
+            )
+        call = (_sparse_from_json if sparse else _soft_from_json)(body)
+    result = _compute(engine, call, sparse=sparse)
+    return (encode_safetensors if wants_safetensors else encode_json)(result, call.name)
 
 
-async def _serve(request: Request, settings: SettingsDep, engine: Engine, handler: Any) -> Response:
-    media_type = _media_type(request)
-    if media_type != JSON:
-        raise UnsupportedMediaType(f"Content-Type {media_type!r} is not supported; send {JSON}")
+async def _serve(
+    request: Request, settings: SettingsDep, engine: Engine, query: QueryArguments, *, sparse: bool
+) -> Response:
+    media_type = request.headers.get("content-type", JSON).split(";", 1)[0].strip().lower()
+    if media_type not in (JSON, SAFETENSORS):
+        raise UnsupportedMediaType(
+            f"Content-Type {media_type!r} is not supported; send {JSON} or {SAFETENSORS}"
+        )
+    wants_safetensors = SAFETENSORS in request.headers.get("accept", "")
     body = await read_body(request, settings.max_request_bytes)
-    # Decoding, the ORT run and encoding block: keep them off the event loop.
-    content = await run_in_threadpool(handler, body, engine)
-    return Response(content, media_type=JSON)
+    content = await run_in_threadpool(
+        _handle, body, media_type, query, wants_safetensors, engine, sparse
+    )
+    return Response(content, media_type=SAFETENSORS if wants_safetensors else JSON)
+
+
+def _openapi(model: type[BaseModel]) -> dict[str, Any]:
+    return {
+        "requestBody": {
+            "required": True,
+            "content": {
+                JSON: {"schema": model.model_json_schema()},
+                SAFETENSORS: {
+                    "schema": {
+                        "type": "string",
+                        "format": "binary",
+                        "description": "tensors labels, logits and optionally grad_loss",
+                    }
+                },
+            },
+        }
+    }
+
+
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    **ERROR_RESPONSES,
+    200: {
+        "description": "The requested outputs",
+        "content": {SAFETENSORS: {"schema": {"type": "string", "format": "binary"}}},
+    },
+}
+
+DimQuery = Annotated[int | None, Query(description="safetensors bodies: class dimension")]
+AxisQuery = Annotated[int | None, Query(description="safetensors bodies: alias of dim")]
+OutputsQuery = Annotated[
+    str | None,
+    Query(description="safetensors bodies: comma-separated outputs, e.g. loss,grad_logits"),
+]
+NameQuery = Annotated[str | None, Query(max_length=256, description="safetensors bodies: name")]
 
 
 @router.post(
@@ -122,14 +243,21 @@ async def _serve(request: Request, settings: SettingsDep, engine: Engine, handle
     operation_id="softmax_cross_entropy_with_logits",
     summary="Softmax cross entropy (tf.nn.softmax_cross_entropy_with_logits_v2)",
     response_model=LossResponse,
-    responses=ERROR_RESPONSES,
-    openapi_extra=_request_body(LossRequest),
+    responses=RESPONSES,
+    openapi_extra=_openapi(LossRequest),
 )
 async def softmax_cross_entropy_with_logits(
-    request: Request, settings: SettingsDep, engine: EngineDep
+    request: Request,
+    settings: SettingsDep,
+    engine: EngineDep,
+    dim: DimQuery = None,
+    axis: AxisQuery = None,
+    outputs: OutputsQuery = None,
+    name: NameQuery = None,
 ) -> Response:
     """Loss, and on request its gradients, for probability-distribution labels."""
-    return await _serve(request, settings, engine, _soft_json)
+    query = QueryArguments(dim, axis, outputs, name)
+    return await _serve(request, settings, engine, query, sparse=False)
 
 
 @router.post(
@@ -137,11 +265,16 @@ async def softmax_cross_entropy_with_logits(
     operation_id="sparse_softmax_cross_entropy_with_logits",
     summary="Sparse softmax cross entropy (tf.nn.sparse_softmax_cross_entropy_with_logits)",
     response_model=LossResponse,
-    responses=ERROR_RESPONSES,
-    openapi_extra=_request_body(SparseLossRequest),
+    responses=RESPONSES,
+    openapi_extra=_openapi(SparseLossRequest),
 )
 async def sparse_softmax_cross_entropy_with_logits(
-    request: Request, settings: SettingsDep, engine: EngineDep
+    request: Request,
+    settings: SettingsDep,
+    engine: EngineDep,
+    outputs: OutputsQuery = None,
+    name: NameQuery = None,
 ) -> Response:
     """Loss, and on request grad_logits, for integer class labels."""
-    return await _serve(request, settings, engine, _sparse_json)
+    query = QueryArguments(None, None, outputs, name)
+    return await _serve(request, settings, engine, query, sparse=True)

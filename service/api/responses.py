@@ -1,0 +1,35 @@
+"""A response sent as several buffers, so large outputs are not joined into one copy."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from starlette.background import BackgroundTask
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+
+class BuffersResponse(Response):
+    """Sends `buffers` one after the other, with an exact Content-Length."""
+
+    def __init__(
+        self,
+        buffers: Sequence[bytes | memoryview],
+        *,
+        media_type: str,
+        headers: Mapping[str, str] | None = None,
+        background: BackgroundTask | None = None,
+    ) -> None:
+        self.buffers = list(buffers)
+        super().__init__(headers=headers, media_type=media_type, background=background)
+        self.headers["content-length"] = str(sum(len(b) for b in self.buffers))
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        last = len(self.buffers) - 1
+        for index, buffer in enumerate(self.buffers):
+            await send({"type": "http.response.body", "body": buffer, "more_body": index < last})
+        if self.background is not None:
+            await self.background()

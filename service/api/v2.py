@@ -1,0 +1,273 @@
+"""Open Inference Protocol v2 REST (KServe v2 / Triton), with the binary tensor extension.
+
+`tritonclient` sends no Content-Type, so the infer route reads the raw body itself
+and splits it at `Inference-Header-Content-Length`. Errors are `{"error": ...}`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from fastapi import APIRouter, Request, Response
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from service import __version__
+from service.api.body import read_body
+from service.api.deps import EngineDep, SettingsDep
+from service.api.errors import describe_validation
+from service.api.responses import BuffersResponse
+from service.codecs import v2
+from service.engine.engine import Engine, LossResult
+from service.engine.types import SOFT_OUTPUTS, SPARSE_OUTPUTS, Output
+from service.errors import InvalidArgument, MalformedBody, ModelNotFound
+from service.schemas import (
+    InferenceRequest,
+    InferenceResponse,
+    InferParameters,
+    ModelMetadata,
+    ModelReady,
+    ServerMetadata,
+    TensorMetadata,
+    V2Error,
+)
+
+router = APIRouter(prefix="/v2", tags=["open inference protocol"])
+
+SERVER_NAME = "softmax-cross-entropy-service"
+EXTENSIONS = ["binary_tensor_data", "parameters"]
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """What a model takes and gives, and how the engine computes it."""
+
+    inputs: tuple[TensorMetadata, ...]  # labels and logits are required, grad_loss is not
+    outputs: tuple[Output, ...]
+    run: Callable[[Engine, Mapping[str, np.ndarray], dict[str, Any], list[Output]], LossResult]
+
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.inputs)
+
+
+def _dim(params: dict[str, Any]) -> int:
+    dim, axis = params.get("dim"), params.get("axis")
+    if dim is not None and axis is not None and dim != axis:
+        raise InvalidArgument(f"parameters dim ({dim}) and axis ({axis}) disagree; give one")
+    value = dim if dim is not None else axis if axis is not None else -1
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidArgument(f"parameter dim must be an integer; got {value!r}")
+    return value
+
+
+def _run_soft(
+    engine: Engine, arrays: Mapping[str, np.ndarray], params: dict[str, Any], outs: list[Output]
+) -> LossResult:
+    return engine.softmax_cross_entropy(
+        labels=arrays["labels"],
+        logits=arrays["logits"],
+        grad_loss=arrays.get("grad_loss"),
+        dim=_dim(params),
+        outputs=outs,
+    )
+
+
+def _run_sparse(
+    engine: Engine, arrays: Mapping[str, np.ndarray], params: dict[str, Any], outs: list[Output]
+) -> LossResult:
+    return engine.sparse_softmax_cross_entropy(
+        labels=arrays["labels"],
+        logits=arrays["logits"],
+        grad_loss=arrays.get("grad_loss"),
+        outputs=outs,
+    )
+
+
+def _tensor(name: str, datatype: str, rank: int) -> TensorMetadata:
+    return TensorMetadata(name=name, datatype=datatype, shape=[-1] * rank)
+
+
+MODELS: dict[str, ModelSpec] = {
+    "softmax_cross_entropy_with_logits": ModelSpec(
+        inputs=(
+            _tensor("labels", "FP32", 2),
+            _tensor("logits", "FP32", 2),
+            _tensor("grad_loss", "FP32", 1),
+        ),
+        outputs=SOFT_OUTPUTS,
+        run=_run_soft,
+    ),
+    "sparse_softmax_cross_entropy_with_logits": ModelSpec(
+        inputs=(
+            _tensor("labels", "INT64", 1),
+            _tensor("logits", "FP32", 2),
+            _tensor("grad_loss", "FP32", 1),
+        ),
+        outputs=SPARSE_OUTPUTS,
+        run=_run_sparse,
+    ),
+}
+OUTPUT_RANKS = {"loss": 1, "grad_logits": 2, "grad_labels": 2}
+
+
+def _model(name: str) -> ModelSpec:
+    spec = MODELS.get(name)
+    if spec is None:
+        raise ModelNotFound(f"unknown model {name!r}; models: {', '.join(MODELS)}")
+    return spec
+
+
+def infer(
+    name: str, spec: ModelSpec, body: bytes | bytearray, header_length: str | None, engine: Engine
+) -> tuple[list[bytes | memoryview], int | None]:
+    """Decode a v2 body, run the model, encode the response: the blocking part of a request."""
+    header, binary = v2.split(body, header_length)
+    try:
+        request = InferenceRequest.model_validate(v2.parse_header(header))
+    except ValidationError as exc:
+        raise InvalidArgument(f"inference request: {describe_validation(exc.errors())}") from None
+    params = request.parameters or InferParameters()
+    reader = v2.BinaryReader(binary)
+    arrays: dict[str, np.ndarray] = {}
+    for item in request.inputs:
+        if item.name not in spec.input_names:
+            raise InvalidArgument(
+                f"model {name!r} has no input {item.name!r}; inputs: {', '.join(spec.input_names)}"
+            )
+        if item.name in arrays:
+            raise InvalidArgument(f"input {item.name!r} is given twice")
+        arrays[item.name] = v2.decode_input(
+            name=item.name,
+            shape=item.shape,
+            wire_datatype=item.datatype,
+            data=item.data,
+            binary_data_size=item.parameters.binary_data_size if item.parameters else None,
+            reader=reader,
+        )
+    reader.finish()
+    missing = [n for n in ("labels", "logits") if n not in arrays]
+    if missing:
+        raise InvalidArgument(f"model {name!r} needs input(s) {', '.join(missing)}")
+
+    if request.outputs is None:  # all outputs, binary when the request says so
+        binary_default = bool(params.binary_data_output)
+        wanted = dict.fromkeys(spec.outputs, binary_default)
+    else:
+        wanted = {}
+        for out in request.outputs:
+            if out.name not in spec.outputs:
+                raise InvalidArgument(
+                    f"model {name!r} has no output {out.name!r}; outputs: {', '.join(spec.outputs)}"
+                )
+            asked = out.parameters.binary_data if out.parameters else None
+            wanted[out.name] = bool(asked if asked is not None else params.binary_data_output)
+    names = [o for o in spec.outputs if o in wanted]
+    result = spec.run(engine, arrays, params.model_dump(exclude_none=True), names)
+    outputs = [v2.OutputTensor(n, a, wanted[n]) for n, a in result.items()]
+    return v2.encode_response(model_name=name, request_id=request.id, outputs=outputs)
+
+
+V2_ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": V2Error, "description": text}
+    for status, text in {
+        400: "Malformed body: bad JSON header, sizes that disagree with the bytes",
+        401: "API key missing or wrong",
+        404: "Unknown model",
+        413: "Body over the configured limit",
+        415: "Unsupported Content-Encoding",
+        422: "Invalid inputs: names, datatypes, shapes, dim, label range",
+        503: "Not ready",
+    }.items()
+}
+
+
+@router.get("", operation_id="server_metadata", summary="Server metadata", responses=V2_ERRORS)
+def server_metadata(engine: EngineDep) -> ServerMetadata:
+    """Name, version, protocol extensions, and the execution providers really in use."""
+    return ServerMetadata(
+        name=SERVER_NAME, version=__version__, extensions=EXTENSIONS, providers=engine.providers
+    )
+
+
+@router.get(
+    "/models/{model}", operation_id="model_metadata", summary="Model metadata", responses=V2_ERRORS
+)
+def model_metadata(model: str, engine: EngineDep) -> ModelMetadata:
+    """Inputs and outputs of a model. FP16, BF16 and FP64 are accepted wherever FP32 is listed,
+    INT32 wherever INT64 is; any rank >= 1 is accepted (the shapes list the common case)."""
+    spec = _model(model)
+    return ModelMetadata(
+        name=model,
+        versions=["1"],
+        platform="onnxruntime_onnx",
+        inputs=list(spec.inputs),
+        outputs=[_tensor(o, "FP32", OUTPUT_RANKS[o]) for o in spec.outputs],
+        parameters={"providers": engine.providers, "dim": -1},
+    )
+
+
+@router.get(
+    "/models/{model}/ready",
+    operation_id="model_ready",
+    summary="Model readiness",
+    responses=V2_ERRORS,
+)
+def model_ready(model: str, engine: EngineDep) -> ModelReady:
+    """200 when the model's sessions are built."""
+    _model(model)
+    return ModelReady(name=model, ready=True)
+
+
+@router.post(
+    "/models/{model}/infer",
+    operation_id="model_infer",
+    summary="Inference (JSON, or JSON header + binary tensors)",
+    response_model=InferenceResponse,
+    responses=V2_ERRORS,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/json": {"schema": InferenceRequest.model_json_schema()},
+                "application/octet-stream": {
+                    "schema": {
+                        "type": "string",
+                        "format": "binary",
+                        "description": "JSON header of Inference-Header-Content-Length bytes, "
+                        "then the binary tensors",
+                    }
+                },
+            },
+        },
+        "parameters": [
+            {
+                "name": "Inference-Header-Content-Length",
+                "in": "header",
+                "required": False,
+                "schema": {"type": "integer", "minimum": 0},
+                "description": "Length of the JSON header when binary tensors follow it.",
+            }
+        ],
+    },
+)
+async def model_infer(
+    model: str, request: Request, settings: SettingsDep, engine: EngineDep
+) -> Response:
+    """Loss and gradients; any Content-Type (tritonclient sends none)."""
+    spec = _model(model)
+    body = await read_body(request, settings.max_request_bytes)
+    if not body:
+        raise MalformedBody("the request body is empty; send an inference request")
+    header_length = request.headers.get(v2.HEADER_LENGTH)
+    chunks, json_length = await run_in_threadpool(infer, model, spec, body, header_length, engine)
+    if json_length is None:
+        return BuffersResponse(chunks, media_type="application/json")
+    return BuffersResponse(
+        chunks,
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(json_length)},
+    )

@@ -1,0 +1,194 @@
+"""Open Inference Protocol (KServe v2 / Triton) tensors, with the binary data extension.
+
+A body is a JSON header, optionally followed by raw little-endian row-major tensor
+bytes; `Inference-Header-Content-Length` says where the header ends. Every declared
+size and shape is checked against the bytes actually present before anything is
+allocated, and binary inputs are `np.frombuffer` views of the body.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+
+from service.codecs import json_tensor
+from service.engine.types import DType
+from service.errors import InvalidArgument, MalformedBody, UnsupportedDtype
+
+HEADER_LENGTH = "inference-header-content-length"
+DATATYPES = {
+    "FP16": DType.float16,
+    "BF16": DType.bfloat16,
+    "FP32": DType.float32,
+    "FP64": DType.float64,
+    "INT32": DType.int32,
+    "INT64": DType.int64,
+}
+WIRE_NAMES = {dtype: wire for wire, dtype in DATATYPES.items()}
+
+Body = bytes | bytearray
+
+
+def split(body: Body, header_length: str | None) -> tuple[memoryview, memoryview]:
+    """The JSON header and the binary section of a request body."""
+    view = memoryview(body)
+    if header_length is None:
+        return view, view[len(view) :]
+    try:
+        length = int(header_length)
+    except ValueError:
+        raise MalformedBody(
+            f"Inference-Header-Content-Length {header_length[:32]!r} is not a number"
+        ) from None
+    if not 0 <= length <= len(view):
+        raise MalformedBody(
+            f"Inference-Header-Content-Length {length} is outside the body of {len(view)} bytes"
+        )
+    return view[:length], view[length:]
+
+
+def parse_header(header: memoryview) -> Any:
+    """The JSON header. Bare NaN/Infinity (as Triton's client writes them) are accepted."""
+    try:
+        return orjson.loads(header)
+    except orjson.JSONDecodeError as exc:
+        first_error = exc
+    try:  # the slow path, only for headers with non-finite literals
+        return json.loads(bytes(header))
+    except (ValueError, RecursionError):
+        raise MalformedBody(f"inference header is not valid JSON: {first_error}") from None
+
+
+def datatype(name: str, wire: str) -> DType:
+    """The DType for a v2 datatype name; 422 for the ones this model does not take."""
+    dtype = DATATYPES.get(wire)
+    if dtype is None:
+        raise UnsupportedDtype(
+            f"input {name!r} has datatype {wire!r}; supported: {', '.join(DATATYPES)}"
+        )
+    return dtype
+
+
+class BinaryReader:
+    """Hands out consecutive slices of the binary section, refusing to run past its end."""
+
+    def __init__(self, data: memoryview) -> None:
+        self._data = data
+        self._offset = 0
+
+    def take(self, name: str, size: int) -> memoryview:
+        end = self._offset + size
+        if end > len(self._data):
+            raise MalformedBody(
+                f"binary data of input {name!r} ({size} bytes at offset {self._offset}) runs "
+                f"past the end of the body ({len(self._data)} bytes of binary data)"
+            )
+        chunk = self._data[self._offset : end]
+        self._offset = end
+        return chunk
+
+    def finish(self) -> None:
+        left = len(self._data) - self._offset
+        if left:
+            raise MalformedBody(f"{left} bytes of binary data are not claimed by any input")
+
+
+def decode_input(
+    *,
+    name: str,
+    shape: Sequence[int],
+    wire_datatype: str,
+    data: Any,
+    binary_data_size: Any,
+    reader: BinaryReader,
+) -> np.ndarray:
+    """One input tensor, from its JSON `data` or its slice of the binary section."""
+    dtype = datatype(name, wire_datatype)
+    if len(shape) > json_tensor.MAX_RANK:
+        raise InvalidArgument(
+            f"input {name!r} has rank {len(shape)}; at most {json_tensor.MAX_RANK} is supported"
+        )
+    if any(d < 0 for d in shape):
+        raise InvalidArgument(f"input {name!r} has a negative dimension in shape {list(shape)}")
+    count = math.prod(shape)  # Python ints: no overflow, whatever the header claims
+    if binary_data_size is not None:
+        if data is not None:
+            raise InvalidArgument(f"input {name!r} has both data and binary_data_size")
+        if not isinstance(binary_data_size, int) or isinstance(binary_data_size, bool):
+            raise MalformedBody(f"binary_data_size of input {name!r} must be an integer")
+        needed = count * dtype.numpy.itemsize
+        if binary_data_size != needed:
+            raise MalformedBody(
+                f"input {name!r} declares {binary_data_size} bytes but shape {list(shape)} of "
+                f"{wire_datatype} needs {needed}"
+            )
+        chunk = reader.take(name, binary_data_size)
+        return np.frombuffer(chunk, dtype.numpy).reshape(shape)
+    if data is None:
+        raise InvalidArgument(f"input {name!r} has neither data nor binary_data_size")
+    array = json_tensor.decode(data, dtype, f"input {name!r}")
+    if array.size != count:
+        raise InvalidArgument(
+            f"input {name!r} has {array.size} values but shape {list(shape)} needs {count}"
+        )
+    return array.reshape(shape)
+
+
+@dataclass(frozen=True)
+class OutputTensor:
+    name: str
+    array: np.ndarray
+    binary: bool
+
+
+def _json_data(array: np.ndarray) -> np.ndarray:
+    flat = array.reshape(-1)
+    if array.dtype.kind == "f" and array.dtype.itemsize >= 4:
+        return flat
+    return flat.astype(np.float32)  # float16/bfloat16 are exact in float32
+
+
+def encode_response(
+    *, model_name: str, request_id: str | None, outputs: Sequence[OutputTensor]
+) -> tuple[list[bytes | memoryview], int | None]:
+    """Response chunks (JSON header, then each binary output's bytes) and the header length.
+
+    The header length is None when there is no binary output.
+    """
+    described: list[dict[str, Any]] = []
+    chunks: list[bytes | memoryview] = []
+    finite = True
+    for out in outputs:
+        entry: dict[str, Any] = {
+            "name": out.name,
+            "datatype": WIRE_NAMES[DType.of(out.array) or DType.float32],
+            "shape": list(out.array.shape),
+        }
+        if out.binary:
+            raw = np.ascontiguousarray(out.array)
+            entry["parameters"] = {"binary_data_size": raw.nbytes}
+            chunks.append(memoryview(raw.reshape(-1).view(np.uint8)))  # type: ignore[arg-type]
+        else:
+            entry["data"] = _json_data(out.array)
+            finite = finite and bool(np.isfinite(entry["data"]).all())
+        described.append(entry)
+    document: dict[str, Any] = {"model_name": model_name, "model_version": "1"}
+    if request_id is not None:
+        document["id"] = request_id
+    document["outputs"] = described
+    if finite:
+        header = orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
+    else:  # Triton writes bare NaN/Infinity, which its client reads; orjson would write null
+        for entry in described:
+            if "data" in entry:
+                entry["data"] = entry["data"].tolist()
+        header = json.dumps(document, separators=(",", ":")).encode()
+    if not chunks:
+        return [header], None
+    return [header, *chunks], len(header)
