@@ -1,0 +1,416 @@
+"""Open Inference Protocol through the ASGI app: hand-made bodies, hostile ones included."""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+
+import ml_dtypes
+import numpy as np
+import orjson
+import pytest
+from fastapi.testclient import TestClient
+
+from tests.reference import assert_close, random_distribution, softmax_xent
+
+INFER = "/v2/models/softmax_cross_entropy_with_logits/infer"
+SPARSE_INFER = "/v2/models/sparse_softmax_cross_entropy_with_logits/infer"
+
+
+def _binary_body(
+    tensors: dict[str, np.ndarray], datatype: str = "FP32", **request: object
+) -> tuple[bytes, dict[str, str]]:
+    inputs = [
+        {
+            "name": name,
+            "shape": list(a.shape),
+            "datatype": datatype,
+            "parameters": {"binary_data_size": a.nbytes},
+        }
+        for name, a in tensors.items()
+    ]
+    header = orjson.dumps({"inputs": inputs, **request})
+    body = header + b"".join(a.tobytes() for a in tensors.values())
+    return body, {"Inference-Header-Content-Length": str(len(header))}
+
+
+def _split_response(response) -> tuple[dict, bytes]:
+    length = int(response.headers.get("inference-header-content-length", len(response.content)))
+    return orjson.loads(response.content[:length]), response.content[length:]
+
+
+def test_json_infer_with_fp16_and_bf16_data(client: TestClient, rng: np.random.Generator) -> None:
+    for datatype, dtype, name in (
+        ("FP16", np.float16, "float16"),
+        ("BF16", ml_dtypes.bfloat16, "bfloat16"),
+    ):
+        labels = random_distribution(rng, (2, 5), -1).astype(dtype)
+        logits = rng.standard_normal((2, 5)).astype(dtype)
+        body = {
+            "inputs": [
+                {
+                    "name": n,
+                    "shape": [2, 5],
+                    "datatype": datatype,
+                    "data": a.astype(float).ravel().tolist(),
+                }
+                for n, a in (("labels", labels), ("logits", logits))
+            ],
+            "outputs": [{"name": "loss"}],
+        }
+        response = client.post(INFER, content=orjson.dumps(body))
+        assert response.status_code == 200, response.text
+        out = response.json()["outputs"][0]
+        assert out["datatype"] == datatype and out["shape"] == [2]
+        assert_close(np.array(out["data"]), softmax_xent(labels, logits)["loss"], name)
+
+
+def test_binary_outputs_are_raw_little_endian(client: TestClient, rng: np.random.Generator) -> None:
+    labels = random_distribution(rng, (3, 4), -1).astype(np.float32)
+    logits = rng.standard_normal((3, 4)).astype(np.float32)
+    body, headers = _binary_body(
+        {"labels": labels, "logits": logits},
+        outputs=[{"name": "grad_logits", "parameters": {"binary_data": True}}, {"name": "loss"}],
+        id="abc",
+    )
+    response = client.post(INFER, content=body, headers=headers)
+    assert response.status_code == 200, response.text
+    header, raw = _split_response(response)
+    assert header["id"] == "abc" and header["model_name"] == "softmax_cross_entropy_with_logits"
+    described = {o["name"]: o for o in header["outputs"]}
+    assert described["grad_logits"]["parameters"]["binary_data_size"] == 48 == len(raw)
+    expected = softmax_xent(labels, logits)
+    assert_close(np.frombuffer(raw, "<f4").reshape(3, 4), expected["grad_logits"], "float32")
+    assert_close(np.array(described["loss"]["data"]), expected["loss"], "float32")
+
+
+def test_dim_parameter(client: TestClient, rng: np.random.Generator) -> None:
+    labels = random_distribution(rng, (3, 4), 0).astype(np.float64)
+    logits = rng.standard_normal((3, 4))
+    body, headers = _binary_body(
+        {"labels": labels, "logits": logits},
+        "FP64",
+        parameters={"dim": 0},
+        outputs=[{"name": "loss"}],
+    )
+    response = client.post(INFER, content=body, headers=headers)
+    out = response.json()["outputs"][0]
+    assert out["shape"] == [4]
+    assert_close(np.array(out["data"]), softmax_xent(labels, logits, 0)["loss"], "float64")
+
+
+def test_non_finite_json_outputs_are_bare_literals(client: TestClient) -> None:
+    body = {
+        "inputs": [
+            {"name": "labels", "shape": [2], "datatype": "FP32", "data": [0.0, 1.0]},
+            {"name": "logits", "shape": [2], "datatype": "FP32", "data": [0.0, float("nan")]},
+        ]
+    }
+    import json
+
+    response = client.post(INFER, content=json.dumps(body))  # bare NaN, as Triton writes it
+    assert response.status_code == 200, response.text
+    assert b'"data":[NaN]' in response.content
+
+
+def _hostile_cases() -> list[tuple[str, bytes, dict[str, str], int, str]]:
+    a = np.ones((2, 3), np.float32)
+    good, good_headers = _binary_body({"labels": a, "logits": a})
+    header_length = int(good_headers["Inference-Header-Content-Length"])
+
+    def header(inputs: list[dict], **extra: object) -> bytes:
+        return orjson.dumps({"inputs": inputs, **extra})
+
+    def tensor(name: str = "labels", **fields: object) -> dict:
+        return {"name": name, "shape": [2, 3], "datatype": "FP32", "data": [1.0] * 6, **fields}
+
+    return [
+        ("truncated binary", good[:-4], good_headers, 400, "runs past the end"),
+        ("extra binary bytes", good + b"\0" * 8, good_headers, 400, "not claimed"),
+        (
+            "header length past the end",
+            good,
+            {"Inference-Header-Content-Length": str(len(good) + 1)},
+            400,
+            "outside",
+        ),
+        (
+            "header length not a number",
+            good,
+            {"Inference-Header-Content-Length": "ten"},
+            400,
+            "not a number",
+        ),
+        (
+            "header length cuts the JSON",
+            good,
+            {"Inference-Header-Content-Length": str(header_length - 5)},
+            400,
+            "JSON",
+        ),
+        (
+            "4 GB tensor over 16 bytes",
+            header(
+                [
+                    {
+                        "name": "labels",
+                        "shape": [1 << 30],
+                        "datatype": "FP32",
+                        "parameters": {"binary_data_size": 1 << 32},
+                    }
+                ]
+            )
+            + b"\0" * 16,
+            {
+                "Inference-Header-Content-Length": str(
+                    len(
+                        header(
+                            [
+                                {
+                                    "name": "labels",
+                                    "shape": [1 << 30],
+                                    "datatype": "FP32",
+                                    "parameters": {"binary_data_size": 1 << 32},
+                                }
+                            ]
+                        )
+                    )
+                )
+            },
+            400,
+            "runs past the end",
+        ),
+        (
+            "size disagrees with shape",
+            header(
+                [
+                    {
+                        "name": "labels",
+                        "shape": [2, 3],
+                        "datatype": "FP32",
+                        "parameters": {"binary_data_size": 20},
+                    }
+                ]
+            )
+            + b"\0" * 20,
+            {
+                "Inference-Header-Content-Length": str(
+                    len(
+                        header(
+                            [
+                                {
+                                    "name": "labels",
+                                    "shape": [2, 3],
+                                    "datatype": "FP32",
+                                    "parameters": {"binary_data_size": 20},
+                                }
+                            ]
+                        )
+                    )
+                )
+            },
+            400,
+            "needs 24",
+        ),
+        ("negative shape", header([tensor(shape=[-2, 3]), tensor("logits")]), {}, 422, "negative"),
+        (
+            "overflowing shape",
+            header([tensor(shape=[2**62, 2**62]), tensor("logits")]),
+            {},
+            422,
+            "needs",
+        ),
+        (
+            "too many dimensions",
+            header([tensor(shape=[1] * 100), tensor("logits")]),
+            {},
+            422,
+            "rank",
+        ),
+        (
+            "datatype mismatch",
+            header([tensor(), tensor("logits", datatype="FP64")]),
+            {},
+            422,
+            "share one dtype",
+        ),
+        (
+            "unknown input",
+            header([tensor(), tensor("logits"), tensor("weights")]),
+            {},
+            422,
+            "no input 'weights'",
+        ),
+        ("missing input", header([tensor()]), {}, 422, "logits"),
+        ("duplicate input", header([tensor(), tensor()]), {}, 422, "twice"),
+        (
+            "data count vs shape",
+            header([tensor(data=[1.0] * 5), tensor("logits")]),
+            {},
+            422,
+            "5 values",
+        ),
+        (
+            "BYTES datatype",
+            header([tensor(datatype="BYTES", data=["a"] * 6), tensor("logits")]),
+            {},
+            422,
+            "BYTES",
+        ),
+        (
+            "no data",
+            header([{"name": "labels", "shape": [1], "datatype": "FP32"}, tensor("logits")]),
+            {},
+            422,
+            "neither",
+        ),
+        (
+            "unknown output",
+            header([tensor(), tensor("logits")], outputs=[{"name": "probs"}]),
+            {},
+            422,
+            "no output 'probs'",
+        ),
+        ("inputs not a list", orjson.dumps({"inputs": {"labels": 1}}), {}, 422, "inputs"),
+        ("positional body", b"[1, 2, 3]", {}, 422, "inference request"),
+        ("not JSON", b"\x00\x01garbage", {}, 400, "not valid JSON"),
+        ("empty body", b"", {}, 400, "empty"),
+        (
+            "dim out of range",
+            header([tensor(), tensor("logits")], parameters={"dim": 5}),
+            {},
+            422,
+            "out of range",
+        ),
+        (
+            "dim not an integer",
+            header([tensor(), tensor("logits")], parameters={"dim": "x"}),
+            {},
+            422,
+            "dim",
+        ),
+        (
+            "huge value for FP16",
+            header([tensor(datatype="FP16", data=[1e6] * 6), tensor("logits", datatype="FP16")]),
+            {},
+            422,
+            "cannot represent",
+        ),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status", "message"),
+    [case[1:] for case in _hostile_cases()],
+    ids=[case[0] for case in _hostile_cases()],
+)
+def test_hostile_bodies_get_4xx_with_error(
+    client: TestClient, body: bytes, headers: dict[str, str], status: int, message: str
+) -> None:
+    response = client.post(INFER, content=body, headers=headers)
+    assert response.status_code == status, response.text
+    assert set(response.json()) == {"error"}
+    assert message in response.json()["error"]
+    ok = client.post(
+        INFER,
+        content=orjson.dumps(
+            {
+                "inputs": [
+                    {"name": "labels", "shape": [2], "datatype": "FP32", "data": [0.0, 1.0]},
+                    {"name": "logits", "shape": [2], "datatype": "FP32", "data": [0.0, 0.0]},
+                ],
+                "outputs": [{"name": "loss"}],
+            }
+        ),
+    )
+    assert ok.status_code == 200
+    assert ok.json()["outputs"][0]["data"] == pytest.approx([np.log(2.0)], rel=1e-6)
+
+
+def test_unknown_model_is_404_with_error(client: TestClient) -> None:
+    for response in (
+        client.post("/v2/models/nope/infer", content=b"{}"),
+        client.get("/v2/models/nope"),
+        client.get("/v2/models/nope/ready"),
+    ):
+        assert response.status_code == 404
+        assert "unknown model" in response.json()["error"]
+
+
+def test_unknown_v2_route_is_404_with_error(client: TestClient) -> None:
+    response = client.get("/v2/nothing/here")
+    assert response.status_code == 404 and "error" in response.json()
+
+
+def test_sparse_label_out_of_range(client: TestClient) -> None:
+    body = {
+        "inputs": [
+            {"name": "labels", "shape": [2], "datatype": "INT64", "data": [0, 9]},
+            {"name": "logits", "shape": [2, 3], "datatype": "FP32", "data": [0.0] * 6},
+        ]
+    }
+    response = client.post(SPARSE_INFER, content=orjson.dumps(body))
+    assert response.status_code == 422
+    assert "[0, 3)" in response.json()["error"]
+
+
+def _json_request() -> bytes:
+    return orjson.dumps(
+        {
+            "inputs": [
+                {"name": "labels", "shape": [2], "datatype": "FP32", "data": [0.0, 1.0]},
+                {"name": "logits", "shape": [2], "datatype": "FP32", "data": [0.0, 0.0]},
+            ],
+            "outputs": [{"name": "loss"}],
+        }
+    )
+
+
+@pytest.mark.parametrize(
+    ("encoding", "compress"),
+    [
+        ("gzip", gzip.compress),
+        ("deflate", zlib.compress),
+        ("deflate", lambda b: zlib.compress(b, wbits=-15)),
+    ],
+)
+def test_compressed_bodies(client: TestClient, encoding: str, compress) -> None:
+    response = client.post(
+        INFER, content=compress(_json_request()), headers={"Content-Encoding": encoding}
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["outputs"][0]["data"] == pytest.approx([np.log(2.0)], rel=1e-6)
+
+
+def test_gzip_bomb_is_413_while_inflating(client: TestClient) -> None:
+    # 64 MiB of zeros squeezed into ~64 KiB; the test app's limit is 4 MiB.
+    bomb = gzip.compress(b"\0" * (64 * 1024 * 1024), compresslevel=9)
+    assert len(bomb) < 200_000
+    response = client.post(INFER, content=bomb, headers={"Content-Encoding": "gzip"})
+    assert response.status_code == 413
+    assert "limit" in response.json()["error"]
+
+
+@pytest.mark.parametrize(
+    ("body", "headers", "status"),
+    [
+        (gzip.compress(_json_request())[:-10], {"Content-Encoding": "gzip"}, 400),
+        (b"not gzip at all", {"Content-Encoding": "gzip"}, 400),
+        (_json_request(), {"Content-Encoding": "br"}, 415),
+    ],
+    ids=["truncated gzip", "not gzip", "brotli"],
+)
+def test_bad_compression_is_4xx(
+    client: TestClient, body: bytes, headers: dict[str, str], status: int
+) -> None:
+    response = client.post(INFER, content=body, headers=headers)
+    assert response.status_code == status
+    assert "error" in response.json()
+
+
+def test_server_and_model_metadata(client: TestClient) -> None:
+    server = client.get("/v2").json()
+    assert server["providers"] == ["CPUExecutionProvider"]
+    model = client.get("/v2/models/sparse_softmax_cross_entropy_with_logits").json()
+    assert [t["name"] for t in model["outputs"]] == ["loss", "grad_logits"]
+    assert client.get("/v2/models/softmax_cross_entropy_with_logits/ready").json()["ready"]
