@@ -12,12 +12,16 @@ $(PY):
 	$(PY) -m pip install --quiet --upgrade pip
 
 # Stamps record what is installed; they are redone when pyproject.toml changes.
+# EXTRA=gpu installs onnxruntime-gpu instead of onnxruntime (never both: they overwrite
+# each other); switching needs a fresh venv (make clean).
+EXTRA ?= cpu
+
 $(VENV)/.installed: pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e .
+	$(PY) -m pip install --quiet -e '.[$(EXTRA)]'
 	touch $@
 
 $(VENV)/.installed-test: pyproject.toml | $(PY)
-	$(PY) -m pip install --quiet -e '.[test,dev]'
+	$(PY) -m pip install --quiet -e '.[$(EXTRA),test,dev]'
 	touch $@ $(VENV)/.installed
 
 run: $(VENV)/.installed

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
 
 import uvicorn
 from pydantic import ValidationError
 
+from service.logs import log_config
 from service.settings import Settings
 
 
@@ -29,9 +30,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     # Workers re-read the environment: pass the flags on through it.
     for key, value in overrides.items():
         os.environ[f"SCE_{key.upper()}"] = str(value)
-    logging.basicConfig(
-        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
-    )
+    if settings.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        # Each worker has its own metrics; this directory lets /metrics add them up.
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="sce-metrics-")
     uvicorn.run(
         "service.app:app_from_environment",
         factory=True,
@@ -39,6 +40,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         port=settings.port,
         workers=settings.workers,
         log_level=settings.log_level,
+        log_config=log_config(settings.log_level, settings.log_json),
+        access_log=False,
+        timeout_graceful_shutdown=30,
     )
 
 

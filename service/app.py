@@ -6,11 +6,14 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
 from service import __version__
 from service.api import errors, ops, v1, v2
+from service.api.deps import require_api_key
+from service.api.metrics import ObservabilityMiddleware
 from service.engine.engine import Engine
 from service.settings import Settings
 
@@ -46,9 +49,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.engine = None
     errors.register(app)
-    app.include_router(v1.router)
+    # Health and metrics stay open for probes and scrapers; the APIs need the key if set.
     app.include_router(ops.router)
-    app.include_router(v2.router)
+    app.include_router(v1.router, dependencies=[Depends(require_api_key)])
+    app.include_router(v2.router, dependencies=[Depends(require_api_key)])
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "Inference-Header-Content-Length"],
+            expose_headers=["Inference-Header-Content-Length", "X-Request-ID"],
+        )
+    app.add_middleware(ObservabilityMiddleware)
     return app
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -62,3 +63,49 @@ def test_console_script_starts_the_server() -> None:
 def test_invalid_settings_fail_fast_with_a_message() -> None:
     with pytest.raises(RuntimeError, match="providers"):
         start_server(env={**os.environ, "SCE_PROVIDERS": "tpu"}, timeout=30)
+
+
+def test_access_logs_are_json_with_the_request_id() -> None:
+    proc, url = start_server()
+    try:
+        response = httpx.post(
+            url + SOFT,
+            json={"labels": [1.0], "logits": [0.0]},
+            headers={"X-Request-ID": "trace-1234"},
+            timeout=30,
+        )
+        assert response.headers["x-request-id"] == "trace-1234"
+    finally:
+        stop_server(proc)
+    assert proc.stdout is not None
+    lines = [
+        json.loads(line)
+        for line in proc.stdout.read().decode().splitlines()
+        if line.startswith("{")
+    ]
+    access = [
+        e
+        for e in lines
+        if e.get("logger") == "service.access" and e.get("request_id") == "trace-1234"
+    ]
+    assert len(access) == 1
+    assert (
+        access[0]["status"] == 200 and access[0]["route"] == SOFT and access[0]["duration_ms"] > 0
+    )
+
+
+def test_two_workers_share_one_metrics_view() -> None:
+    proc, url = start_server(env={"SCE_WORKERS": "2"}, timeout=120)
+    try:
+        with httpx.Client(base_url=url, timeout=30) as http:
+            for _ in range(20):
+                assert http.post(SOFT, json={"labels": [1.0], "logits": [0.0]}).status_code == 200
+            text = http.get("/metrics").text
+    finally:
+        stop_server(proc)
+    total = sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("sce_http_requests_total{") and f'route="{SOFT}"' in line
+    )
+    assert total == 20

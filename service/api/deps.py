@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import hmac
 from typing import Annotated
 
 from fastapi import Depends, Request
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from service.engine.engine import Engine
-from service.errors import NotReady
+from service.errors import NotReady, Unauthorized
 from service.settings import Settings
+
+_bearer = HTTPBearer(auto_error=False, description="`Authorization: Bearer <SCE_API_KEY>`")
 
 
 def get_settings(request: Request) -> Settings:
@@ -25,3 +29,17 @@ def get_engine(request: Request) -> Engine:
 
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
+
+
+def require_api_key(
+    settings: SettingsDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> None:
+    """With SCE_API_KEY set, the request needs `Authorization: Bearer <key>`."""
+    if settings.api_key is None:
+        return
+    if credentials is None or credentials.scheme.lower() != "bearer":
+        raise Unauthorized("this API needs an `Authorization: Bearer <key>` header")
+    expected = settings.api_key.get_secret_value().encode()
+    if not hmac.compare_digest(credentials.credentials.encode(), expected):  # constant time
+        raise Unauthorized("the API key is wrong")

@@ -16,6 +16,7 @@ from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
+from service.api import metrics
 from service.api.body import read_body
 from service.api.deps import EngineDep, SettingsDep
 from service.api.errors import describe_validation
@@ -28,6 +29,8 @@ from service.schemas import ErrorDetail, LossRequest, LossResponse, SparseLossRe
 router = APIRouter(prefix="/v1", tags=["native"])
 
 JSON = "application/json"
+SOFT_MODEL = "softmax_cross_entropy_with_logits"
+SPARSE_MODEL = "sparse_softmax_cross_entropy_with_logits"
 SAFETENSORS = safetensors.MEDIA_TYPE
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -183,7 +186,10 @@ def _handle(
                 "with JSON put them in the object"
             )
         call = (_sparse_from_json if sparse else _soft_from_json)(body)
-    result = _compute(engine, call, sparse=sparse)
+    model = SPARSE_MODEL if sparse else SOFT_MODEL
+    result = metrics.timed_inference(
+        model, engine.providers[0], lambda: _compute(engine, call, sparse=sparse)
+    )
     return (encode_safetensors if wants_safetensors else encode_json)(result, call.name)
 
 

@@ -16,6 +16,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from service import __version__
+from service.api import metrics
 from service.api.body import read_body
 from service.api.deps import EngineDep, SettingsDep
 from service.api.errors import describe_validation
@@ -166,7 +167,10 @@ def infer(
             asked = out.parameters.binary_data if out.parameters else None
             wanted[out.name] = bool(asked if asked is not None else params.binary_data_output)
     names = [o for o in spec.outputs if o in wanted]
-    result = spec.run(engine, arrays, params.model_dump(exclude_none=True), names)
+    options = params.model_dump(exclude_none=True)
+    result = metrics.timed_inference(
+        name, engine.providers[0], lambda: spec.run(engine, arrays, options, names)
+    )
     outputs = [v2.OutputTensor(n, a, wanted[n]) for n, a in result.items()]
     return v2.encode_response(model_name=name, request_id=request.id, outputs=outputs)
 

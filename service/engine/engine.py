@@ -12,7 +12,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-import onnxruntime as ort
 
 from service.engine import graphs, sessions
 from service.engine.types import (
@@ -127,20 +126,21 @@ class Engine:
     def __init__(self, *, providers: str = "cpu", intra_op_threads: int | None = None) -> None:
         threads = intra_op_threads or sessions.usable_cpus()
         options = sessions.session_options(threads)
-        requested = sessions.requested_providers(providers)
-        self._sessions: dict[tuple[object, ...], ort.InferenceSession] = {}
+        requested = sessions.PROVIDERS[providers]
+        loadable = sessions.loadable_providers(providers)
+        self._sessions: dict[tuple[object, ...], sessions.InferenceSession] = {}
         for dtype in FLOAT_DTYPES:
             for rank in (2, 3):
                 for outs in _subsets(SOFT_OUTPUTS):
                     model = graphs.soft_graph(dtype, rank, outs)
                     self._sessions["soft", dtype, rank, outs] = sessions.create_session(
-                        model, providers=requested, options=options
+                        model, providers=loadable, options=options
                     )
             for label_dtype in INDEX_DTYPES:
                 for outs in _subsets(SPARSE_OUTPUTS):
                     model = graphs.sparse_graph(dtype, label_dtype, outs)
                     self._sessions["sparse", dtype, label_dtype, outs] = sessions.create_session(
-                        model, providers=requested, options=options
+                        model, providers=loadable, options=options
                     )
         in_use = {p for s in self._sessions.values() for p in s.get_providers()}
         self.providers: list[str] = [p for p in requested if p in in_use]

@@ -10,10 +10,19 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
+
+try:
+    import onnxruntime as ort
+except ImportError as exc:  # the package comes from an extra: cpu or gpu, never both
+    raise ImportError(
+        "ONNX Runtime is not installed: pip install 'softmax-xent-service[cpu]' "
+        "(or '[gpu]' for onnxruntime-gpu)"
+    ) from exc
 
 from service.engine.graphs import ONNX_TYPES
 from service.engine.types import DType
+
+InferenceSession = ort.InferenceSession
 
 log = logging.getLogger(__name__)
 
@@ -23,18 +32,30 @@ PROVIDERS = {
 }
 
 
-def usable_cpus() -> int:
-    """CPUs this process may use: affinity, then the cgroup v2 quota, not the host's count."""
+def cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup")) -> float | None:
+    """The container's CPU quota in CPUs (cgroup v2 `cpu.max`, else v1), or None if unlimited."""
+    try:
+        quota, period = (root / "cpu.max").read_text().split()
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        quota_us = int((root / "cpu" / "cpu.cfs_quota_us").read_text())
+        period_us = int((root / "cpu" / "cpu.cfs_period_us").read_text())
+        return None if quota_us <= 0 else quota_us / period_us
+    except (OSError, ValueError):
+        return None
+
+
+def usable_cpus(root: Path = Path("/sys/fs/cgroup")) -> int:
+    """CPUs this process may use: affinity, capped by the cgroup quota (not the host's count)."""
     try:
         cpus = len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         cpus = os.cpu_count() or 1
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
-        if quota != "max":
-            cpus = min(cpus, max(1, math.ceil(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
+    limit = cgroup_cpu_limit(root)
+    if limit is not None:
+        cpus = min(cpus, max(1, math.ceil(limit)))
     return max(1, cpus)
 
 
@@ -49,14 +70,19 @@ def session_options(intra_op_threads: int) -> ort.SessionOptions:
     return options
 
 
-def requested_providers(name: str) -> list[str]:
-    """Provider list for a setting value; loads the CUDA libraries first when asked for."""
+def loadable_providers(name: str) -> list[str]:
+    """The providers of a setting value that this ONNX Runtime build offers, in order.
+
+    Loads the CUDA libraries first when CUDA is asked for. ORT may still list CUDA and
+    then fall back silently at session creation: callers read `get_providers()` after.
+    """
     if name == "cuda" and hasattr(ort, "preload_dlls"):
         try:
             ort.preload_dlls()
-        except Exception as exc:  # a CPU-only wheel or missing libraries: fall back below
-            log.warning("could not preload CUDA libraries: %s", exc)
-    return PROVIDERS[name]
+        except Exception as exc:  # a CPU-only wheel or missing libraries: fall back
+            log.debug("could not preload CUDA libraries: %s", exc)
+    available = set(ort.get_available_providers())
+    return [p for p in PROVIDERS[name] if p in available]
 
 
 def create_session(

@@ -1,0 +1,39 @@
+"""Logging configuration, as a dictConfig that uvicorn applies in every worker."""
+
+from __future__ import annotations
+
+from typing import Any
+
+JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(message)s"
+TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
+
+
+def log_config(level: str, json: bool) -> dict[str, Any]:
+    """One JSON object per line (python-json-logger), or plain text; uvicorn's own access
+    log is off because `service.access` writes a structured line with the request id."""
+    formatter: dict[str, Any] = (
+        {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": JSON_FIELDS,
+            "rename_fields": {"levelname": "level", "name": "logger", "asctime": "time"},
+        }
+        if json
+        else {"format": TEXT_FORMAT}
+    )
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "formatters": {"default": formatter},
+        "handlers": {
+            "default": {
+                "class": "logging.StreamHandler",
+                "formatter": "default",
+                "stream": "ext://sys.stderr",
+            }
+        },
+        "loggers": {
+            "": {"handlers": ["default"], "level": level.upper()},
+            "uvicorn": {"handlers": [], "level": level.upper(), "propagate": True},
+            "uvicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
+        },
+    }

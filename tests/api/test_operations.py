@@ -1,0 +1,146 @@
+"""Auth, metrics, request ids, CORS, providers and thread sizing."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+from fastapi.testclient import TestClient
+
+from service.app import create_app
+from service.engine.engine import Engine
+from service.engine.sessions import cgroup_cpu_limit, usable_cpus
+from service.settings import Settings
+
+SOFT = "/v1/softmax_cross_entropy_with_logits"
+INFER = "/v2/models/softmax_cross_entropy_with_logits/infer"
+BODY = {"labels": [0.0, 1.0], "logits": [0.0, 0.0]}
+
+
+@pytest.fixture(scope="module")
+def keyed() -> Iterator[TestClient]:
+    with TestClient(create_app(Settings(api_key="s3cret-key"))) as client:
+        yield client
+
+
+def test_api_key_is_required_on_the_apis(keyed: TestClient) -> None:
+    for response in (keyed.post(SOFT, json=BODY), keyed.get("/v2")):
+        assert response.status_code == 401
+        assert response.headers["www-authenticate"] == "Bearer"
+    assert "error" in keyed.post(INFER, content=b"{}").json()
+    wrong = keyed.post(SOFT, json=BODY, headers={"Authorization": "Bearer s3cret-kez"})
+    assert wrong.status_code == 401 and "wrong" in wrong.json()["detail"]
+    basic = keyed.post(SOFT, json=BODY, headers={"Authorization": "Basic s3cret-key"})
+    assert basic.status_code == 401
+    right = keyed.post(SOFT, json=BODY, headers={"Authorization": "Bearer s3cret-key"})
+    assert right.status_code == 200
+
+
+def test_probes_and_metrics_stay_open_with_a_key(keyed: TestClient) -> None:
+    assert keyed.get("/v2/health/live").status_code == 200
+    assert keyed.get("/v2/health/ready").status_code == 200
+    assert keyed.get("/metrics").status_code == 200
+
+
+def test_key_is_checked_before_the_body_is_read(keyed: TestClient) -> None:
+    response = keyed.post(SOFT, content=b"x" * 1024, headers={"content-type": "text/plain"})
+    assert response.status_code == 401  # not 415: auth comes first
+
+
+def test_metrics_show_histograms_after_a_request(client: TestClient) -> None:
+    assert client.post(SOFT, json=BODY).status_code == 200
+    text = client.get("/metrics").text
+    route = 'route="/v1/softmax_cross_entropy_with_logits"'
+    assert (
+        f'sce_http_request_duration_seconds_bucket{{le="0.001",method="POST",{route},status="200"}}'
+        in text
+        or ("sce_http_request_duration_seconds_bucket" in text and route in text)
+    )
+    assert f'sce_http_requests_total{{method="POST",{route},status="200"}}' in text
+    assert (
+        'sce_inference_duration_seconds_count{dtype="float32",model="softmax_cross_entropy_with_logits",provider="CPUExecutionProvider"}'
+        in text
+    )
+    assert "sce_http_request_bytes_bucket" in text and "sce_http_response_bytes_bucket" in text
+    assert "sce_http_requests_in_flight" in text
+
+
+def test_unmatched_routes_do_not_explode_label_cardinality(client: TestClient) -> None:
+    client.get("/no/such/path/12345")
+    text = client.get("/metrics").text
+    assert "12345" not in text and 'route="unmatched"' in text
+
+
+def test_request_id_is_honoured_or_generated(client: TestClient) -> None:
+    given = client.post(SOFT, json=BODY, headers={"X-Request-ID": "job-7.step-42"})
+    assert given.headers["x-request-id"] == "job-7.step-42"
+    generated = client.post(SOFT, json=BODY)
+    assert len(generated.headers["x-request-id"]) == 32
+    hostile = client.post(SOFT, json=BODY, headers={"X-Request-ID": "x" * 500})
+    assert len(hostile.headers["x-request-id"]) == 32
+
+
+def test_cors_is_off_by_default(client: TestClient) -> None:
+    preflight = client.options(
+        SOFT, headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
+    )
+    assert "access-control-allow-origin" not in preflight.headers
+
+
+def test_cors_allows_configured_origins() -> None:
+    with TestClient(create_app(Settings(cors_origins=["https://ui.example"]))) as client:
+        preflight = client.options(
+            SOFT, headers={"Origin": "https://ui.example", "Access-Control-Request-Method": "POST"}
+        )
+        assert preflight.headers["access-control-allow-origin"] == "https://ui.example"
+        other = client.options(
+            SOFT,
+            headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"},
+        )
+        assert "access-control-allow-origin" not in other.headers
+
+
+@pytest.mark.skipif(
+    "CUDAExecutionProvider" in ort.get_available_providers(),
+    reason="this ONNX Runtime build offers CUDA: tests/test_cuda.py covers it",
+)
+def test_cuda_requested_without_cuda_falls_back_to_cpu_with_one_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="service.engine"):
+        engine = Engine(providers="cuda")
+    assert engine.providers == ["CPUExecutionProvider"]
+    warnings = [r for r in caplog.records if "CUDAExecutionProvider" in r.getMessage()]
+    assert len(warnings) == 1
+    loss = engine.softmax_cross_entropy(labels=np.array([0.0, 1.0]), logits=np.zeros(2)).loss
+    assert loss == pytest.approx(np.log(2.0))
+
+
+def test_intra_op_threads_setting_is_applied() -> None:
+    assert Engine(intra_op_threads=1).intra_op_threads == 1
+
+
+@pytest.mark.parametrize(
+    ("files", "limit"),
+    [
+        ({"cpu.max": "150000 100000\n"}, 1.5),
+        ({"cpu.max": "max 100000\n"}, None),
+        ({"cpu/cpu.cfs_quota_us": "200000\n", "cpu/cpu.cfs_period_us": "100000\n"}, 2.0),
+        ({"cpu/cpu.cfs_quota_us": "-1\n", "cpu/cpu.cfs_period_us": "100000\n"}, None),
+        ({}, None),
+    ],
+)
+def test_cgroup_cpu_quota(tmp_path: Path, files: dict[str, str], limit: float | None) -> None:
+    for name, text in files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    assert cgroup_cpu_limit(tmp_path) == limit
+
+
+def test_thread_count_follows_the_quota_not_the_host(tmp_path: Path) -> None:
+    (tmp_path / "cpu.max").write_text("50000 100000\n")  # half a CPU
+    assert usable_cpus(tmp_path) == 1
