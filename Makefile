@@ -28,15 +28,18 @@ run: $(VENV)/.installed
 	$(PY) -m service --host $(HOST) --port $(PORT)
 
 test: $(VENV)/.installed-test
-	$(PY) -m ruff check service tests bench
-	$(PY) -m ruff format --check service tests bench
+	$(PY) -m ruff check service tests bench openapi examples
+	$(PY) -m ruff format --check service tests bench openapi examples
 	$(PY) -m mypy
 	$(PY) -m pytest
 
 lint: $(VENV)/.installed-test
-	$(PY) -m ruff check service tests bench
-	$(PY) -m ruff format --check service tests bench
+	$(PY) -m ruff check service tests bench openapi examples
+	$(PY) -m ruff format --check service tests bench openapi examples
 	$(PY) -m mypy
+
+openapi: $(VENV)/.installed-test
+	$(PY) openapi/generate.py
 
 bench: $(VENV)/.installed-test
 	$(PY) bench/engine.py

@@ -11,7 +11,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
 from service import __version__
-from service.api import errors, ops, v1, v2
+from service.api import errors, openapi, ops, v1, v2
 from service.api.deps import require_api_key
 from service.api.metrics import ObservabilityMiddleware
 from service.engine.engine import Engine
@@ -62,6 +62,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             expose_headers=["Inference-Header-Content-Length", "X-Request-ID"],
         )
     app.add_middleware(ObservabilityMiddleware)
+    openapi.install(app)
     return app
 
 

@@ -16,7 +16,7 @@ from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
-from service.api import metrics
+from service.api import metrics, openapi
 from service.api.body import read_body
 from service.api.deps import EngineDep, SettingsDep
 from service.api.errors import describe_validation
@@ -214,7 +214,7 @@ def _openapi(model: type[BaseModel]) -> dict[str, Any]:
         "requestBody": {
             "required": True,
             "content": {
-                JSON: {"schema": model.model_json_schema()},
+                JSON: {"schema": openapi.ref(model)},
                 SAFETENSORS: {
                     "schema": {
                         "type": "string",

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from service import __version__
-from service.api import metrics
+from service.api import metrics, openapi
 from service.api.body import read_body
 from service.api.deps import EngineDep, SettingsDep
 from service.api.errors import describe_validation
@@ -175,21 +175,27 @@ def infer(
     return v2.encode_response(model_name=name, request_id=request.id, outputs=outputs)
 
 
-V2_ERRORS: dict[int | str, dict[str, Any]] = {
-    status: {"model": V2Error, "description": text}
-    for status, text in {
-        400: "Malformed body: bad JSON header, sizes that disagree with the bytes",
-        401: "API key missing or wrong",
-        404: "Unknown model",
-        413: "Body over the configured limit",
-        415: "Unsupported Content-Encoding",
-        422: "Invalid inputs: names, datatypes, shapes, dim, label range",
-        503: "Not ready",
-    }.items()
+V2_ERROR_TEXT = {
+    400: "Malformed body: bad JSON header, sizes that disagree with the bytes",
+    401: "API key missing or wrong",
+    404: "Unknown model",
+    413: "Body over the configured limit",
+    415: "Unsupported Content-Encoding",
+    422: "Invalid inputs: names, datatypes, shapes, dim, label range",
+    503: "Not ready",
 }
 
 
-@router.get("", operation_id="server_metadata", summary="Server metadata", responses=V2_ERRORS)
+def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {s: {"model": V2Error, "description": V2_ERROR_TEXT[s]} for s in statuses}
+
+
+V2_ERRORS = _errors(*V2_ERROR_TEXT)
+GET_ERRORS = _errors(401, 503)
+MODEL_ERRORS = _errors(401, 404, 503)
+
+
+@router.get("", operation_id="server_metadata", summary="Server metadata", responses=GET_ERRORS)
 def server_metadata(engine: EngineDep) -> ServerMetadata:
     """Name, version, protocol extensions, and the execution providers really in use."""
     return ServerMetadata(
@@ -198,7 +204,10 @@ def server_metadata(engine: EngineDep) -> ServerMetadata:
 
 
 @router.get(
-    "/models/{model}", operation_id="model_metadata", summary="Model metadata", responses=V2_ERRORS
+    "/models/{model}",
+    operation_id="model_metadata",
+    summary="Model metadata",
+    responses=MODEL_ERRORS,
 )
 def model_metadata(model: str, engine: EngineDep) -> ModelMetadata:
     """Inputs and outputs of a model. FP16, BF16 and FP64 are accepted wherever FP32 is listed,
@@ -218,7 +227,7 @@ def model_metadata(model: str, engine: EngineDep) -> ModelMetadata:
     "/models/{model}/ready",
     operation_id="model_ready",
     summary="Model readiness",
-    responses=V2_ERRORS,
+    responses=MODEL_ERRORS,
 )
 def model_ready(model: str, engine: EngineDep) -> ModelReady:
     """200 when the model's sessions are built."""
@@ -236,7 +245,7 @@ def model_ready(model: str, engine: EngineDep) -> ModelReady:
         "requestBody": {
             "required": True,
             "content": {
-                "application/json": {"schema": InferenceRequest.model_json_schema()},
+                "application/json": {"schema": openapi.ref(InferenceRequest)},
                 "application/octet-stream": {
                     "schema": {
                         "type": "string",
