@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint openapi bench clean
+.PHONY: run test lint openapi lock bench clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -28,18 +28,21 @@ run: $(VENV)/.installed
 	$(PY) -m service --host $(HOST) --port $(PORT)
 
 test: $(VENV)/.installed-test
-	$(PY) -m ruff check service tests bench openapi examples
-	$(PY) -m ruff format --check service tests bench openapi examples
+	$(PY) -m ruff check service tests bench openapi examples requirements
+	$(PY) -m ruff format --check service tests bench openapi examples requirements
 	$(PY) -m mypy
 	$(PY) -m pytest
 
 lint: $(VENV)/.installed-test
-	$(PY) -m ruff check service tests bench openapi examples
-	$(PY) -m ruff format --check service tests bench openapi examples
+	$(PY) -m ruff check service tests bench openapi examples requirements
+	$(PY) -m ruff format --check service tests bench openapi examples requirements
 	$(PY) -m mypy
 
 openapi: $(VENV)/.installed-test
 	$(PY) openapi/generate.py
+
+lock: $(VENV)/.installed-test
+	$(PY) requirements/lock.py cpu gpu
 
 bench: $(VENV)/.installed-test
 	$(PY) bench/engine.py
