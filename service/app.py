@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 from service import __version__
 from service.api import errors, openapi, ops, v1, v2
 from service.api.deps import require_api_key
+from service.api.limits import InFlightLimit
 from service.api.metrics import ObservabilityMiddleware
 from service.engine.engine import Engine
 from service.settings import Settings
@@ -27,7 +28,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = await run_in_threadpool(
-            Engine, providers=settings.providers, intra_op_threads=settings.intra_op_threads
+            Engine,
+            providers=settings.providers,
+            intra_op_threads=settings.intra_op_threads,
+            max_elements=settings.max_elements,
         )
         log.info(
             "sessions ready on %s with %d intra-op threads",
@@ -48,6 +52,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.engine = None
+    app.state.in_flight = InFlightLimit(settings.max_in_flight)
     errors.register(app)
     # Health and metrics stay open for probes and scrapers; the APIs need the key if set.
     app.include_router(ops.router)

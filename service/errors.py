@@ -7,12 +7,16 @@ ServiceError
 ├── Unauthorized             API key missing or wrong
 ├── ModelNotFound            unknown model name
 ├── NotReady                 sessions not built yet, or shutting down
+├── Overloaded               the in-flight bound is reached (503 + Retry-After)
+├── EngineFailure            ONNX Runtime failed on a valid request (503)
+├── RequestTimeout           the body did not arrive in time (408)
 └── InvalidArgument          well-formed but unusable arguments
     ├── ShapeMismatch
     ├── UnsupportedDtype
     ├── InvalidDim
     ├── LabelOutOfRange
-    └── ValueOutOfRange      a value the requested dtype cannot hold
+    ├── ValueOutOfRange      a value the requested dtype cannot hold
+    └── TooLarge             more elements or dimensions than the configured limits
 """
 
 
@@ -44,6 +48,18 @@ class NotReady(ServiceError):
     pass
 
 
+class Overloaded(ServiceError):
+    pass
+
+
+class EngineFailure(ServiceError):
+    pass
+
+
+class RequestTimeout(ServiceError):
+    pass
+
+
 class InvalidArgument(ServiceError):
     pass
 
@@ -65,4 +81,8 @@ class LabelOutOfRange(InvalidArgument):
 
 
 class ValueOutOfRange(InvalidArgument):
+    pass
+
+
+class TooLarge(InvalidArgument):
     pass

@@ -25,6 +25,14 @@ class Settings(BaseSettings):
     """ONNX Runtime intra-op threads; unset: the CPUs this container may use."""
     max_request_bytes: int = Field(512 * 1024 * 1024, ge=1024)
     """Largest request body accepted, after decompression (413 above it)."""
+    max_json_bytes: int = Field(128 * 1024 * 1024, ge=1024)
+    """Largest JSON body (JSON tensors cost ~30x their size in memory while parsed)."""
+    max_elements: int = Field(1 << 28, ge=1)
+    """Most elements a tensor (or the broadcast of labels and logits) may have (422 above)."""
+    max_in_flight: int = Field(16, ge=1)
+    """Requests a worker reads or computes at once; more get 503 with Retry-After."""
+    body_timeout: float = Field(120.0, gt=0)
+    """Seconds a client may take to send its body (408 after)."""
     api_key: SecretStr | None = None
     """When set, API routes need `Authorization: Bearer <key>`; health and metrics stay open."""
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"

@@ -6,6 +6,7 @@ import zlib
 from collections.abc import AsyncIterator
 
 from fastapi import Request
+from starlette.requests import ClientDisconnect
 
 from service.errors import MalformedBody, PayloadTooLarge, UnsupportedMediaType
 
@@ -94,6 +95,13 @@ async def read_body(request: Request, limit: int) -> bytes | bytearray:
     Content-Length is checked before anything is read; a compressed body is
     checked again while it inflates, so a zip bomb never grows past the limit.
     """
+    try:
+        return await _read(request, limit)
+    except ClientDisconnect:  # nobody will read the answer; this ends the request cleanly
+        raise MalformedBody("the client disconnected before sending the whole body") from None
+
+
+async def _read(request: Request, limit: int) -> bytes | bytearray:
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding in ("", "identity"):
         return await _read_raw(request, limit)

@@ -8,6 +8,7 @@ from typing import Annotated
 from fastapi import Depends, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from service.api.limits import InFlightLimit
 from service.engine.engine import Engine
 from service.errors import NotReady, Unauthorized
 from service.settings import Settings
@@ -27,8 +28,14 @@ def get_engine(request: Request) -> Engine:
     return engine
 
 
+def get_in_flight(request: Request) -> InFlightLimit:
+    limit: InFlightLimit = request.app.state.in_flight
+    return limit
+
+
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
+InFlightDep = Annotated[InFlightLimit, Depends(get_in_flight)]
 
 
 def require_api_key(

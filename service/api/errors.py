@@ -22,10 +22,13 @@ STATUS: dict[type[errors.ServiceError], int] = {
     errors.MalformedBody: 400,
     errors.Unauthorized: 401,
     errors.ModelNotFound: 404,
+    errors.RequestTimeout: 408,
     errors.PayloadTooLarge: 413,
     errors.UnsupportedMediaType: 415,
     errors.InvalidArgument: 422,
     errors.NotReady: 503,
+    errors.Overloaded: 503,
+    errors.EngineFailure: 503,
 }
 
 

@@ -13,13 +13,12 @@ from typing import Any
 import numpy as np
 from fastapi import APIRouter, Request, Response
 from pydantic import ValidationError
-from starlette.concurrency import run_in_threadpool
 
 from service import __version__
 from service.api import metrics, openapi
-from service.api.body import read_body
-from service.api.deps import EngineDep, SettingsDep
+from service.api.deps import EngineDep, InFlightDep, SettingsDep
 from service.api.errors import describe_validation
+from service.api.limits import process
 from service.api.responses import BuffersResponse
 from service.codecs import v2
 from service.engine.engine import Engine, LossResult
@@ -126,6 +125,8 @@ def infer(
     name: str, spec: ModelSpec, body: bytes | bytearray, header_length: str | None, engine: Engine
 ) -> tuple[list[bytes | memoryview], int | None]:
     """Decode a v2 body, run the model, encode the response: the blocking part of a request."""
+    if not body:
+        raise MalformedBody("the request body is empty; send an inference request")
     header, binary = v2.split(body, header_length)
     try:
         request = InferenceRequest.model_validate(v2.parse_header(header))
@@ -268,15 +269,18 @@ def model_ready(model: str, engine: EngineDep) -> ModelReady:
     },
 )
 async def model_infer(
-    model: str, request: Request, settings: SettingsDep, engine: EngineDep
+    model: str, request: Request, settings: SettingsDep, engine: EngineDep, in_flight: InFlightDep
 ) -> Response:
     """Loss and gradients; any Content-Type (tritonclient sends none)."""
     spec = _model(model)
-    body = await read_body(request, settings.max_request_bytes)
-    if not body:
-        raise MalformedBody("the request body is empty; send an inference request")
     header_length = request.headers.get(v2.HEADER_LENGTH)
-    chunks, json_length = await run_in_threadpool(infer, model, spec, body, header_length, engine)
+    chunks, json_length = await process(
+        request,
+        in_flight,
+        max_bytes=settings.max_request_bytes,
+        body_timeout=settings.body_timeout,
+        work=lambda body: infer(model, spec, body, header_length, engine),
+    )
     if json_length is None:
         return BuffersResponse(chunks, media_type="application/json")
     return BuffersResponse(

@@ -12,10 +12,9 @@ from typing import Any
 import numpy as np
 import orjson
 
-from service.engine.types import DType
+from service.engine.types import MAX_RANK, DType
 from service.errors import InvalidArgument, ValueOutOfRange
 
-MAX_RANK = 32
 NON_FINITE = ("NaN", "Infinity", "-Infinity")
 
 

@@ -18,7 +18,7 @@ import numpy as np
 import orjson
 
 from service.codecs import json_tensor
-from service.engine.types import DType
+from service.engine.types import MAX_RANK, DType
 from service.errors import InvalidArgument, MalformedBody, UnsupportedDtype
 
 HEADER_LENGTH = "inference-header-content-length"
@@ -110,9 +110,9 @@ def decode_input(
 ) -> np.ndarray:
     """One input tensor, from its JSON `data` or its slice of the binary section."""
     dtype = datatype(name, wire_datatype)
-    if len(shape) > json_tensor.MAX_RANK:
+    if len(shape) > MAX_RANK:
         raise InvalidArgument(
-            f"input {name!r} has rank {len(shape)}; at most {json_tensor.MAX_RANK} is supported"
+            f"input {name!r} has rank {len(shape)}; at most {MAX_RANK} is supported"
         )
     if any(d < 0 for d in shape):
         raise InvalidArgument(f"input {name!r} has a negative dimension in shape {list(shape)}")

@@ -17,6 +17,7 @@ from service.engine import graphs, sessions
 from service.engine.types import (
     FLOAT_DTYPES,
     INDEX_DTYPES,
+    MAX_RANK,
     SOFT_OUTPUTS,
     SPARSE_OUTPUTS,
     DType,
@@ -27,6 +28,7 @@ from service.errors import (
     InvalidDim,
     LabelOutOfRange,
     ShapeMismatch,
+    TooLarge,
     UnsupportedDtype,
 )
 
@@ -123,7 +125,14 @@ def _sum_to_shape(grad: np.ndarray, shape: Shape) -> np.ndarray:
 class Engine:
     """Builds every session once; computes loss and gradients for any rank, dim and dtype."""
 
-    def __init__(self, *, providers: str = "cpu", intra_op_threads: int | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        providers: str = "cpu",
+        intra_op_threads: int | None = None,
+        max_elements: int = 1 << 28,
+    ) -> None:
+        self.max_elements = max_elements
         threads = intra_op_threads or sessions.usable_cpus()
         options = sessions.session_options(threads)
         requested = sessions.PROVIDERS[providers]
@@ -179,6 +188,7 @@ class Engine:
                 f"labels shape {_shape_text(labels.shape)} and logits shape "
                 f"{_shape_text(logits.shape)} do not broadcast against each other"
             ) from None
+        self._check_size("labels and logits broadcast", full)
         rank = len(full)
         if not -rank <= dim < rank:
             raise InvalidDim(f"dim {dim} is out of range for rank {rank} (use {-rank}..{rank - 1})")
@@ -265,6 +275,7 @@ class Engine:
                 f"sparse labels must have the logits' shape without its last dimension, "
                 f"{_shape_text(logits.shape[:-1])}; got {_shape_text(labels.shape)}"
             )
+        self._check_size("logits", logits.shape)
         classes = logits.shape[-1]
         if classes == 0:
             raise InvalidArgument(
@@ -307,6 +318,16 @@ class Engine:
                 values["grad_logits"].reshape(logits.shape) if "grad_logits" in values else None
             ),
         )
+
+    def _check_size(self, what: str, shape: Shape) -> None:
+        """Refuse, before any output is allocated, work past the configured bounds."""
+        if len(shape) > MAX_RANK:
+            raise TooLarge(f"{what} to rank {len(shape)}; at most {MAX_RANK} is supported")
+        if math.prod(shape) > self.max_elements:
+            raise TooLarge(
+                f"{what} to shape {_shape_text(shape)}, {math.prod(shape)} elements; the limit "
+                f"is {self.max_elements} (SCE_MAX_ELEMENTS)"
+            )
 
     @staticmethod
     def _empty(

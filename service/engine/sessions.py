@@ -21,6 +21,7 @@ except ImportError as exc:  # the package comes from an extra: cpu or gpu, never
 
 from service.engine.graphs import ONNX_TYPES
 from service.engine.types import DType
+from service.errors import EngineFailure
 
 InferenceSession = ort.InferenceSession
 
@@ -116,4 +117,11 @@ def run_bound(
         binding.bind_ortvalue_input(name, _ort_value(array))
     for name, array in outputs.items():
         binding.bind_ortvalue_output(name, _ort_value(array))
-    session.run_with_iobinding(binding)
+    try:
+        session.run_with_iobinding(binding)
+    except Exception as exc:  # ORT raises RuntimeError or its own Fail/RuntimeException types
+        log.exception("ONNX Runtime run failed")
+        raise EngineFailure(
+            "ONNX Runtime failed to compute this request; it was logged. Retry, and report "
+            "it if it persists"
+        ) from exc

@@ -10,6 +10,7 @@ import ml_dtypes
 import numpy as np
 
 Output = Literal["loss", "grad_logits", "grad_labels"]
+MAX_RANK = 32  # numpy allows 64; no loss needs more than a few
 SOFT_OUTPUTS: tuple[Output, ...] = ("loss", "grad_logits", "grad_labels")
 SPARSE_OUTPUTS: tuple[Output, ...] = ("loss", "grad_logits")
 
