@@ -6,6 +6,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 
@@ -54,6 +55,8 @@ def start_server(
 ) -> tuple[subprocess.Popen[bytes], str]:
     """`python -m service` (or `command`) on a free loopback port; returns once it is ready."""
     port = free_port()
+    # Logs go to a file, not a pipe: an unread pipe fills up and then blocks the server.
+    log = tempfile.TemporaryFile()
     proc = subprocess.Popen(
         [
             *(command or [sys.executable, "-m", "service"]),
@@ -63,15 +66,15 @@ def start_server(
             str(port),
         ],
         env={**os.environ, **(env or {})},
-        stdout=subprocess.PIPE,
+        stdout=log,
         stderr=subprocess.STDOUT,
     )
+    proc.log = log  # type: ignore[attr-defined]
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            out = proc.stdout.read().decode() if proc.stdout else ""
-            raise RuntimeError(f"server exited with {proc.returncode}:\n{out}")
+            raise RuntimeError(f"server exited with {proc.returncode}:\n{server_log(proc)}")
         try:
             if httpx.get(f"{url}/v2/health/ready", timeout=1.0).status_code == 200:
                 return proc, url
@@ -80,6 +83,13 @@ def start_server(
         time.sleep(0.1)
     proc.kill()
     raise RuntimeError("server did not become ready")
+
+
+def server_log(proc: subprocess.Popen[bytes]) -> str:
+    """Everything the server wrote so far."""
+    log = proc.log  # type: ignore[attr-defined]
+    log.seek(0)
+    return str(log.read().decode(errors="replace"))
 
 
 def stop_server(proc: subprocess.Popen[bytes]) -> None:

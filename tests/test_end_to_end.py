@@ -12,7 +12,7 @@ import httpx
 import numpy as np
 import pytest
 
-from tests.conftest import start_server, stop_server
+from tests.conftest import server_log, start_server, stop_server
 from tests.reference import assert_close, random_distribution, softmax_xent
 
 SOFT = "/v1/softmax_cross_entropy_with_logits"
@@ -77,12 +77,7 @@ def test_access_logs_are_json_with_the_request_id() -> None:
         assert response.headers["x-request-id"] == "trace-1234"
     finally:
         stop_server(proc)
-    assert proc.stdout is not None
-    lines = [
-        json.loads(line)
-        for line in proc.stdout.read().decode().splitlines()
-        if line.startswith("{")
-    ]
+    lines = [json.loads(line) for line in server_log(proc).splitlines() if line.startswith("{")]
     access = [
         e
         for e in lines
