@@ -16,6 +16,7 @@ from service.api.deps import require_api_key
 from service.api.limits import InFlightLimit
 from service.api.metrics import ObservabilityMiddleware
 from service.engine.engine import Engine
+from service.engine.sessions import usable_cpus
 from service.settings import Settings
 
 log = logging.getLogger("service")
@@ -52,7 +53,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.engine = None
-    app.state.in_flight = InFlightLimit(settings.max_in_flight)
+    app.state.in_flight = InFlightLimit(
+        settings.max_in_flight, settings.compute_threads or usable_cpus()
+    )
     errors.register(app)
     # Health and metrics stay open for probes and scrapers; the APIs need the key if set.
     app.include_router(ops.router)

@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     """Most elements a tensor (or the broadcast of labels and logits) may have (422 above)."""
     max_in_flight: int = Field(16, ge=1)
     """Requests a worker reads or computes at once; more get 503 with Retry-After."""
+    compute_threads: int | None = Field(None, ge=1, le=256)
+    """Requests decoded and computed at once per worker; unset: the CPUs it may use."""
     body_timeout: float = Field(120.0, gt=0)
     """Seconds a client may take to send its body (408 after)."""
     api_key: SecretStr | None = None

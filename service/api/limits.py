@@ -7,8 +7,8 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import TypeVar
 
+import anyio
 from fastapi import Request
-from starlette.concurrency import run_in_threadpool
 
 from service.api.body import read_body
 from service.errors import Overloaded, RequestTimeout
@@ -20,12 +20,16 @@ class InFlightLimit:
     """At most `limit` requests read or compute at once in this worker; the next gets 503.
 
     Refusing at once (rather than queueing) keeps memory bounded and lets the client or
-    the load balancer send the request to a less busy replica.
+    the load balancer send the request to a less busy replica. Of those admitted, only
+    `compute` decode, run and encode at the same time: more threads than CPUs only add
+    memory (each thread's allocator arena keeps its high-water mark), not speed, since
+    ONNX Runtime already spreads one run over the CPUs.
     """
 
-    def __init__(self, limit: int) -> None:
+    def __init__(self, limit: int, compute: int) -> None:
         self.limit = limit
         self.active = 0  # only touched on the event loop: no lock needed
+        self.compute = anyio.CapacityLimiter(compute)
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
@@ -59,4 +63,4 @@ async def process(
                 f"the request body did not arrive within {body_timeout:g} s"
             ) from None
         # Decoding, the ORT run and encoding block: keep them off the event loop.
-        return await run_in_threadpool(work, body)
+        return await anyio.to_thread.run_sync(work, body, limiter=limit.compute)
