@@ -486,7 +486,7 @@ def cases() -> list[Case]:
             INFER,
             _v2([_t(shape=[1 << 62, 1 << 62]), _t("logits")]),
             422,
-            "needs",
+            "too large",
         ),
         Case(
             "v2 a million tiny dimensions",

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 import numpy as np
 import safetensors
 
+from service.codecs import shapes
 from service.engine.types import DType
 from service.errors import MalformedBody, UnsupportedDtype
 
@@ -42,7 +43,8 @@ def decode(body: bytes | bytearray) -> dict[str, np.ndarray]:
                 f"tensor {name!r} has dtype {entry['dtype']}; supported: "
                 f"{', '.join(WIRE_NAMES.values())}"
             )
-        arrays[name] = np.frombuffer(entry["data"], dtype.numpy).reshape(entry["shape"])
+        flat = np.frombuffer(entry["data"], dtype.numpy)
+        arrays[name] = shapes.reshaped(flat, entry["shape"], f"tensor {name!r}")
     return arrays
 
 

@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 import orjson
 
-from service.codecs import json_tensor
-from service.engine.types import MAX_RANK, DType
+from service.codecs import json_tensor, shapes
+from service.engine.types import DType
 from service.errors import InvalidArgument, MalformedBody, UnsupportedDtype
 
 HEADER_LENGTH = "inference-header-content-length"
@@ -110,12 +110,8 @@ def decode_input(
 ) -> np.ndarray:
     """One input tensor, from its JSON `data` or its slice of the binary section."""
     dtype = datatype(name, wire_datatype)
-    if len(shape) > MAX_RANK:
-        raise InvalidArgument(
-            f"input {name!r} has rank {len(shape)}; at most {MAX_RANK} is supported"
-        )
-    if any(d < 0 for d in shape):
-        raise InvalidArgument(f"input {name!r} has a negative dimension in shape {list(shape)}")
+    what = f"input {name!r}"
+    shapes.check(shape, what)
     count = math.prod(shape)  # Python ints: no overflow, whatever the header claims
     if binary_data_size is not None:
         if data is not None:
