@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint openapi lock bench clean
+.PHONY: run test lint openapi lock audit bench soak clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -46,6 +46,19 @@ lock: $(VENV)/.installed-test
 
 bench: $(VENV)/.installed-test
 	$(PY) bench/engine.py
+
+# pip-audit over the hashed locks; --strict fails when a package could not be checked.
+# Needs PyPI's per-release JSON API or OSV (not reachable from the build machine here).
+audit: $(VENV)/.installed-test
+	$(PY) -m pip_audit --strict --disable-pip --require-hashes -r requirements/cpu.lock
+	$(PY) -m pip_audit --strict --disable-pip --require-hashes -r requirements/gpu.lock
+
+# Long runs, not part of make test: a 10-minute soak with RSS sampled, 64 clients for
+# 60 s, and the property/schema fuzzers with many more examples.
+soak: $(VENV)/.installed-test
+	$(PY) bench/load.py --clients 64 --duration 60
+	$(PY) bench/load.py --clients 64 --duration 600 --soak
+	HYPOTHESIS_PROFILE=long $(PY) -m pytest -q tests/test_properties.py tests/test_schemathesis.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

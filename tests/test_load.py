@@ -1,0 +1,23 @@
+"""A short, bounded version of the load run (`make soak` runs the long one): concurrent
+clients with mixed good and bad requests against a real server on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+
+from bench.load import kinds, run
+from tests.conftest import start_server, stop_server
+
+
+def test_mixed_load_has_no_errors() -> None:
+    # A small in-flight bound so that backpressure (503, then a retry) is exercised too.
+    proc, url = start_server(env={"SCE_MAX_IN_FLIGHT": "4"})
+    try:
+        report = asyncio.run(run(url, clients=16, duration=6, pid=proc.pid))
+    finally:
+        stop_server(proc)
+    assert report.errors == []
+    assert report.sent > 100
+    assert set(report.latencies) == {k.name for k in kinds()}
+    assert report.retried_503 > 0
+    assert report.rss_mib and max(report.rss_mib) < 1024
