@@ -44,6 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             app.state.engine = None
+            app.state.in_flight.close()
 
     app = FastAPI(
         title="Softmax cross entropy service",

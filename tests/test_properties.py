@@ -13,6 +13,7 @@ import struct
 
 import numpy as np
 import pytest
+import safetensors as safetensors_package
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -20,7 +21,7 @@ from service.api.errors import status_of
 from service.api.v2 import MODELS, infer
 from service.codecs import safetensors
 from service.engine.engine import Engine
-from service.errors import ServiceError
+from service.errors import ServiceError, UnsupportedDtype
 from tests.reference import NUMPY, assert_close, softmax_xent
 
 settings.register_profile(
@@ -148,3 +149,60 @@ def test_engine_agrees_with_reference(small_engine: Engine, case: tuple) -> None
     expected = softmax_xent(labels, logits, dim)
     for name, array in result.items():
         assert_close(array, expected[name], dtype, name)
+
+
+@st.composite
+def safetensors_bodies(draw: st.DrawFn) -> bytes:
+    """Bodies near the format: consistent tensors, then perturbed in one of many ways."""
+    dtypes = ["F32", "F64", "F16", "BF16", "I32", "I64", "U8", "BOOL", "F8_E4M3"]
+    sizes = {"F32": 4, "F64": 8, "F16": 2, "BF16": 2, "I32": 4, "I64": 8, "U8": 1, "BOOL": 1}
+    header: dict = {}
+    offset = 0
+    for name in draw(st.lists(st.sampled_from(["a", "b", "c"]), unique=True, max_size=3)):
+        dtype = draw(st.sampled_from(dtypes))
+        shape = draw(st.lists(st.integers(0, 4), max_size=3))
+        size = math.prod(shape) * sizes.get(dtype, 1)
+        header[name] = {"dtype": dtype, "shape": shape, "data_offsets": [offset, offset + size]}
+        offset += size
+    if draw(st.booleans()):
+        header["__metadata__"] = draw(
+            st.dictionaries(st.text(max_size=3), st.text(max_size=3) | st.integers(), max_size=2)
+        )
+    if header and draw(st.booleans()):  # one perturbation of one field
+        name = draw(st.sampled_from(sorted(header)))
+        field = draw(st.sampled_from(["dtype", "shape", "data_offsets", "extra"]))
+        if name != "__metadata__":
+            header[name][field] = draw(
+                st.sampled_from([None, -1, "x", [1, 2, 3], [0], [2, 1], [0, 10**6], "F32"])
+            )
+    raw = json.dumps(header).encode()
+    raw += b" " * draw(st.integers(0, 8))
+    data = bytes(max(0, offset + draw(st.sampled_from([0, 0, 0, 1, -1]))))
+    length = len(raw) + draw(st.sampled_from([0, 0, 0, 0, 1, -1, 10**9]))
+    return struct.pack("<Q", max(length, 0)) + raw + data
+
+
+def _accepts(decode, body: bytes) -> bool:
+    try:
+        decode(body)
+    except UnsupportedDtype:  # structurally valid, a dtype this service does not compute in
+        return True
+    except Exception:
+        return False
+    return True
+
+
+@given(body=safetensors_bodies() | st.binary(max_size=64))
+@settings(max_examples=400)
+def test_safetensors_decoder_agrees_with_the_package(body: bytes) -> None:
+    ours = _accepts(safetensors.decode, body)
+    theirs = _accepts(safetensors_package.deserialize, body)
+    assert ours == theirs, f"ours accepts: {ours}, the package accepts: {theirs}"
+    if ours and theirs:
+        try:
+            arrays = safetensors.decode(body)
+        except UnsupportedDtype:
+            return
+        for name, entry in safetensors_package.deserialize(body):
+            assert arrays[name].tobytes() == bytes(entry["data"])
+            assert list(arrays[name].shape) == entry["shape"]

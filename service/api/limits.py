@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import TypeVar
 
-import anyio
 from fastapi import Request
 
 from service.api.body import read_body
@@ -21,15 +21,30 @@ class InFlightLimit:
 
     Refusing at once (rather than queueing) keeps memory bounded and lets the client or
     the load balancer send the request to a less busy replica. Of those admitted, only
-    `compute` decode, run and encode at the same time: more threads than CPUs only add
-    memory (each thread's allocator arena keeps its high-water mark), not speed, since
-    ONNX Runtime already spreads one run over the CPUs.
+    `compute` decode, run and encode at the same time, on a fixed pool of as many
+    threads: more threads than CPUs add memory, not speed (ONNX Runtime already spreads
+    one run over the CPUs), and a pool whose threads come and go (anyio's) let the
+    allocator's per-thread arenas keep growing under load (tests/test_faults.py).
     """
 
     def __init__(self, limit: int, compute: int) -> None:
         self.limit = limit
         self.active = 0  # only touched on the event loop: no lock needed
-        self.compute = anyio.CapacityLimiter(compute)
+        self.compute = compute
+        self._executor: ThreadPoolExecutor | None = None
+
+    @property
+    def executor(self) -> ThreadPoolExecutor:
+        """The compute pool, started on first use (and again after `close`)."""
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(self.compute, thread_name_prefix="compute")
+        return self._executor
+
+    def close(self) -> None:
+        """Stop the compute threads once the work in hand is done."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
 
     @asynccontextmanager
     async def slot(self) -> AsyncIterator[None]:
@@ -63,4 +78,4 @@ async def process(
                 f"the request body did not arrive within {body_timeout:g} s"
             ) from None
         # Decoding, the ORT run and encoding block: keep them off the event loop.
-        return await anyio.to_thread.run_sync(work, body, limiter=limit.compute)
+        return await asyncio.get_running_loop().run_in_executor(limit.executor, work, body)

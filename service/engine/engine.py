@@ -122,6 +122,39 @@ def _sum_to_shape(grad: np.ndarray, shape: Shape) -> np.ndarray:
     return grad.sum(axis=axes).reshape(shape) if axes else grad.reshape(shape)
 
 
+# Rows per run are chosen so that each input block is about this size: ONNX Runtime's
+# intermediates (log-softmax, products) then stay block-sized, and hot in cache, instead
+# of costing a full-size buffer each (bench/engine.py measured the choice).
+BLOCK_BYTES = 4 << 20
+
+
+def _run_in_row_blocks(
+    session: sessions.InferenceSession,
+    feeds: dict[str, np.ndarray],
+    values: dict[str, np.ndarray],
+    rows: int,
+) -> None:
+    """Run `session` over blocks of the leading (row) axis, writing into slices of `values`.
+
+    Arrays whose leading axis is 1 are broadcast along it and go whole to every block.
+    Slices of C-contiguous arrays along axis 0 are contiguous: no copies.
+    """
+    row_bytes = max(a.nbytes // rows for a in feeds.values() if a.shape[0] == rows)
+    step = max(1, BLOCK_BYTES // max(row_bytes, 1))
+    if rows <= 1 or step >= rows:
+        sessions.run_bound(session, feeds, values)
+        return
+    for start in range(0, rows, step):
+        block = slice(start, min(rows, start + step))
+
+        def cut(a: np.ndarray, block: slice = block) -> np.ndarray:
+            return a[block] if a.shape[0] == rows else a
+
+        sessions.run_bound(
+            session, {k: cut(a) for k, a in feeds.items()}, {k: cut(a) for k, a in values.items()}
+        )
+
+
 class Engine:
     """Builds every session once; computes loss and gradients for any rank, dim and dtype."""
 
@@ -241,7 +274,7 @@ class Engine:
                 feeds["logits"].shape, feeds["grad_loss"].shape
             )
         values: dict[str, np.ndarray] = {n: np.empty(shapes[n], compute.numpy) for n in wanted}
-        sessions.run_bound(session, feeds, values)
+        _run_in_row_blocks(session, feeds, values, outer)
 
         result: dict[str, np.ndarray] = {}
         if "loss" in values:
@@ -310,7 +343,7 @@ class Engine:
         rows = feeds["logits"].shape[0]
         shapes = {"loss": (rows,), "grad_logits": (rows, classes)}
         values: dict[str, np.ndarray] = {n: np.empty(shapes[n], dtype.numpy) for n in wanted}
-        sessions.run_bound(session, feeds, values)
+        _run_in_row_blocks(session, feeds, values, rows)
         return LossResult(
             dtype=dtype,
             loss=values["loss"].reshape(labels.shape) if "loss" in values else None,
