@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 HOST ?= 127.0.0.1
 PORT ?= 8000
 
-.PHONY: run test lint openapi lock audit bench soak clean
+.PHONY: run test lint openapi lock audit bench bench-peers soak clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -44,8 +44,15 @@ openapi: $(VENV)/.installed-test
 lock: $(VENV)/.installed-test
 	$(PY) requirements/lock.py cpu gpu
 
+# Needs wrk (apt-get install wrk) and curl; PyTorch and MLServer rows appear when
+# `pip install torch` was done in .venv and `make bench-peers` made bench/.venv-mlserver.
 bench: $(VENV)/.installed-test
-	$(PY) bench/engine.py
+	$(PY) -m pip install --quiet -e '.[$(EXTRA),test,dev,bench]'
+	$(PY) -m bench.run
+
+bench-peers:
+	$(PYTHON) -m venv bench/.venv-mlserver
+	bench/.venv-mlserver/bin/pip install --quiet mlserver==1.7.1
 
 # pip-audit over the hashed locks; --strict fails when a package could not be checked.
 # Needs PyPI's per-release JSON API or OSV (not reachable from the build machine here).

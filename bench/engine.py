@@ -1,29 +1,57 @@
-"""In-process engine figures: time against numpy and a memcpy of the inputs, and accuracy.
+"""In-process engine figures: time against a memcpy of the inputs, numpy and (if installed)
+PyTorch, for the loss and for loss + both gradients; and accuracy against float64.
 
-Usage: python bench/engine.py [--rows 8192 --classes 4096 --repeat 7]
-Each contender runs interleaved with the others (round-robin), best of `repeat`.
+    python bench/engine.py [--sizes 32x10 1024x1000 8192x4096 8192x32000 --repeat 5]
+
+Contenders run interleaved (round-robin), best of `repeat`.
 """
 
 from __future__ import annotations
 
 import argparse
-import sys
+import json
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
 from service.engine.engine import Engine
 from tests.reference import NUMPY, random_distribution, softmax_xent
+
+EVERYTHING = ["loss", "grad_logits", "grad_labels"]
 
 
 def numpy_loss(labels: np.ndarray, logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=-1, keepdims=True)
     log_p = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
     return -(labels * log_p).sum(axis=-1)
+
+
+def numpy_loss_and_grads(labels: np.ndarray, logits: np.ndarray) -> tuple[np.ndarray, ...]:
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    log_p = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+    return -(labels * log_p).sum(axis=-1), np.exp(log_p) - labels, -log_p
+
+
+def torch_contenders(labels: np.ndarray, logits: np.ndarray) -> dict[str, Callable[[], object]]:
+    try:
+        import torch
+    except ImportError:
+        return {}
+    torch.set_num_threads(2)
+    y, x = torch.from_numpy(labels), torch.from_numpy(logits)
+
+    def loss() -> object:
+        with torch.no_grad():
+            return torch.nn.functional.cross_entropy(x, y, reduction="none")
+
+    def loss_and_grads() -> object:
+        xg, yg = x.detach().requires_grad_(), y.detach().requires_grad_()
+        out = torch.nn.functional.cross_entropy(xg, yg, reduction="none")
+        out.backward(torch.ones_like(out))
+        return out, xg.grad, yg.grad
+
+    return {"PyTorch loss": loss, "PyTorch loss + grads": loss_and_grads}
 
 
 def interleaved(contenders: dict[str, Callable[[], object]], repeat: int) -> dict[str, float]:
@@ -38,50 +66,59 @@ def interleaved(contenders: dict[str, Callable[[], object]], repeat: int) -> dic
     return best
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--rows", type=int, default=8192)
-    parser.add_argument("--classes", type=int, default=4096)
-    parser.add_argument("--repeat", type=int, default=7)
-    args = parser.parse_args()
-    engine = Engine()
-    rng = np.random.default_rng()
-    shape = (args.rows, args.classes)
-    labels = random_distribution(rng, shape, -1).astype(np.float32)
-    logits = rng.standard_normal(shape, dtype=np.float32)
-    everything = ["loss", "grad_logits", "grad_labels"]
-    times = interleaved(
-        {
-            "memcpy of both inputs": lambda: (labels.copy(), logits.copy()),
-            "engine loss": lambda: engine.softmax_cross_entropy(labels=labels, logits=logits),
-            "numpy loss (float32)": lambda: numpy_loss(labels, logits),
-            "engine loss + both gradients": lambda: engine.softmax_cross_entropy(
-                labels=labels, logits=logits, outputs=everything
-            ),
-        },
-        args.repeat,
-    )
-    floor = times["memcpy of both inputs"]
-    print(f"## {args.rows} x {args.classes} float32, best of {args.repeat}, interleaved\n")
-    print("| contender | ms | x memcpy |\n|---|---|---|")
-    for name, seconds in times.items():
-        print(f"| {name} | {seconds * 1e3:.1f} | {seconds / floor:.2f} |")
+def contenders(
+    engine: Engine, labels: np.ndarray, logits: np.ndarray
+) -> dict[str, Callable[[], object]]:
+    return {
+        "memcpy of both inputs": lambda: (labels.copy(), logits.copy()),
+        "engine loss": lambda: engine.softmax_cross_entropy(labels=labels, logits=logits),
+        "engine loss + grads": lambda: engine.softmax_cross_entropy(
+            labels=labels, logits=logits, outputs=EVERYTHING
+        ),
+        "numpy loss": lambda: numpy_loss(labels, logits),
+        "numpy loss + grads": lambda: numpy_loss_and_grads(labels, logits),
+        **torch_contenders(labels, logits),
+    }
 
-    print("\n## Error against the float64 reference (256 x 1000, random inputs)\n")
-    print("| dtype | loss max rel err | grad_logits max abs err | grad_labels max rel err |")
-    print("|---|---|---|---|")
+
+def measure(sizes: list[tuple[int, int]], repeat: int) -> list[dict[str, object]]:
+    engine = Engine()
+    rng = np.random.default_rng(0)
+    rows = []
+    for n, c in sizes:
+        labels = random_distribution(rng, (n, c), -1).astype(np.float32)
+        logits = rng.standard_normal((n, c), dtype=np.float32)
+        rounds = repeat if n * c < 1 << 26 else max(2, repeat // 2)
+        times = interleaved(contenders(engine, labels, logits), rounds)
+        rows.extend({"size": f"{n}x{c}", "contender": k, "seconds": v} for k, v in times.items())
+    return rows
+
+
+def accuracy() -> list[dict[str, object]]:
+    engine = Engine()
+    rng = np.random.default_rng(1)
+    rows = []
     for dtype in NUMPY:
         y = random_distribution(rng, (256, 1000), -1).astype(NUMPY[dtype])
         x = (rng.standard_normal((256, 1000)) * 3).astype(NUMPY[dtype])
-        got = engine.softmax_cross_entropy(labels=y, logits=x, outputs=everything)
+        got = engine.softmax_cross_entropy(labels=y, logits=x, outputs=EVERYTHING)
         want = softmax_xent(y, x)
-        err = {name: np.abs(array.astype(np.float64) - want[name]) for name, array in got.items()}
-        rel = {
-            name: float(np.max(e / np.maximum(np.abs(want[name]), 1e-30)))
-            for name, e in err.items()
-        }
-        gx = float(err["grad_logits"].max())
-        print(f"| {dtype} | {rel['loss']:.2e} | {gx:.2e} | {rel['grad_labels']:.2e} |")
+        row: dict[str, object] = {"dtype": dtype}
+        for name, array in got.items():
+            err = np.abs(array.astype(np.float64) - want[name])
+            row[name] = float(np.max(err / np.maximum(np.abs(want[name]), 1e-30)))
+            row[name + "_abs"] = float(err.max())
+        rows.append(row)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", nargs="+", default=["32x10", "1024x1000", "8192x4096"])
+    parser.add_argument("--repeat", type=int, default=5)
+    args = parser.parse_args()
+    sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes]
+    print(json.dumps({"speed": measure(sizes, args.repeat), "accuracy": accuracy()}, indent=1))  # type: ignore[arg-type]
 
 
 if __name__ == "__main__":

@@ -1,199 +1,123 @@
-"""Time to send 2 x N MiB of FP32 and get the loss back: v2 binary, safetensors, JSON,
-next to curl POSTing the same bytes to a bare FastAPI endpoint (the byte floor).
+"""Large payloads: time for 2 x N MiB of FP32 and the loss back, via v2 binary, safetensors
+and JSON, next to curl POSTing the same bytes to a bare FastAPI endpoint (the byte floor);
+and the server's peak RSS per payload (a fresh server per size, VmHWM after the request).
 
-Usage: python bench/transport.py [--mib 128 --repeat 3 --json-repeat 1]
-curl is the client for every row (httpx is itself the bottleneck for big bodies).
-Both servers run under the same uvicorn settings, on loopback.
+    python bench/transport.py [--sizes 1 4 16 64 256 --repeat 3]
+
+curl is the client for every row: httpx is itself the bottleneck for big bodies.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import struct
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
+import orjson
 
-ROOT = Path(__file__).resolve().parents[1]
+from bench import servers
 
-
-def start(args: list[str], env: dict[str, str], url: str) -> subprocess.Popen[bytes]:
-    proc = subprocess.Popen(
-        args,
-        env={**os.environ, **env},
-        cwd=ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    for _ in range(600):
-        try:
-            httpx.get(url, timeout=1)
-            return proc
-        except httpx.TransportError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError(f"{args} did not start")
+INFER = "/v2/models/softmax_cross_entropy_with_logits/infer"
+SOFT = "/v1/softmax_cross_entropy_with_logits"
 
 
-def curl(url: str, path: Path, headers: list[str]) -> tuple[float, bytes]:
-    command = [
-        "curl",
-        "-sS",
-        "--fail-with-body",
-        "-X",
-        "POST",
-        url,
-        "--data-binary",
-        f"@{path}",
-        "-o",
-        "-",
-    ]
-    for header in headers:
-        command += ["-H", header]
-    start_time = time.perf_counter()
-    out = subprocess.run(command, check=True, capture_output=True).stdout
-    return time.perf_counter() - start_time, out
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--mib", type=int, default=128)
-    parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--json-repeat", type=int, default=1)
-    args = parser.parse_args()
-    classes = 4096
-    rows = args.mib * 1024 * 1024 // 4 // classes
+def bodies(mib: float, tmp: Path) -> dict[str, tuple[Path, str, list[str]]]:
+    """Files holding the same two tensors in each wire format, with their route and headers."""
+    classes = 1024
+    rows = max(1, int(mib * 2**20) // 4 // classes)
     rng = np.random.default_rng(0)
     logits = rng.standard_normal((rows, classes), dtype=np.float32)
     labels = np.zeros((rows, classes), np.float32)
     labels[np.arange(rows), rng.integers(0, classes, rows)] = 1.0
-    ref = -(
-        labels * (logits - np.log(np.exp(logits.astype(np.float64)).sum(-1, keepdims=True)))
-    ).sum(-1)
+    header = json.dumps({
+        "inputs": [
+            {"name": n, "shape": [rows, classes], "datatype": "FP32",
+             "parameters": {"binary_data_size": a.nbytes}}
+            for n, a in (("labels", labels), ("logits", logits))
+        ],
+        "outputs": [{"name": "loss", "parameters": {"binary_data": True}}],
+    }).encode()  # fmt: skip
+    raw = labels.tobytes() + logits.tobytes()
+    (tmp / "v2").write_bytes(header + raw)
+    st = json.dumps({
+        "labels": {"dtype": "F32", "shape": [rows, classes], "data_offsets": [0, labels.nbytes]},
+        "logits": {"dtype": "F32", "shape": [rows, classes],
+                   "data_offsets": [labels.nbytes, 2 * labels.nbytes]},
+    }).encode()  # fmt: skip
+    st += b" " * (-len(st) % 8)
+    (tmp / "st").write_bytes(struct.pack("<Q", len(st)) + st + raw)
+    doc = {"labels": labels, "logits": logits}
+    (tmp / "json").write_bytes(orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY))
+    return {
+        "byte floor (bare FastAPI)": (tmp / "v2", "/echo-size", []),
+        "v2 binary": (tmp / "v2", INFER, [f"Inference-Header-Content-Length: {len(header)}"]),
+        "safetensors": (
+            tmp / "st", SOFT,
+            ["Content-Type: application/x-safetensors", "Accept: application/x-safetensors"],
+        ),
+        "JSON": (tmp / "json", SOFT, ["Content-Type: application/json"]),
+    }  # fmt: skip
 
-    tmp = Path(tempfile.mkdtemp(prefix="sce-bench-"))
-    header = json.dumps(
-        {
-            "inputs": [
-                {
-                    "name": n,
-                    "shape": [rows, classes],
-                    "datatype": "FP32",
-                    "parameters": {"binary_data_size": a.nbytes},
-                }
-                for n, a in (("labels", labels), ("logits", logits))
-            ],
-            "outputs": [{"name": "loss", "parameters": {"binary_data": True}}],
-        }
-    ).encode()
-    (tmp / "v2.bin").write_bytes(header + labels.tobytes() + logits.tobytes())
-    st_header = json.dumps(
-        {
-            "labels": {
-                "dtype": "F32",
-                "shape": [rows, classes],
-                "data_offsets": [0, labels.nbytes],
-            },
-            "logits": {
-                "dtype": "F32",
-                "shape": [rows, classes],
-                "data_offsets": [labels.nbytes, 2 * labels.nbytes],
-            },
-        }
-    ).encode()
-    st_header += b" " * (-len(st_header) % 8)
-    (tmp / "body.safetensors").write_bytes(
-        struct.pack("<Q", len(st_header)) + st_header + labels.tobytes() + logits.tobytes()
-    )
-    import orjson
 
-    (tmp / "body.json").write_bytes(
-        orjson.dumps({"labels": labels, "logits": logits}, option=orjson.OPT_SERIALIZE_NUMPY)
-    )
-    sizes = {p.name: p.stat().st_size for p in tmp.iterdir()}
+def curl(url: str, path: Path, headers: list[str]) -> float:
+    command = ["curl", "-sS", "--fail", "-o", "/dev/null", "-X", "POST", url,
+               "--data-binary", f"@{path}"]  # fmt: skip
+    for header in headers:
+        command += ["-H", header]
+    start = time.perf_counter()
+    subprocess.run(command, check=True)
+    return time.perf_counter() - start
 
-    env = {"SCE_MAX_REQUEST_BYTES": str(4 << 30), "SCE_LOG_LEVEL": "warning"}
-    uv = [sys.executable, "-m", "uvicorn", "--host", "127.0.0.1", "--log-level", "warning"]
-    service = start(
-        [sys.executable, "-m", "service", "--port", "8391"],
-        env,
-        "http://127.0.0.1:8391/v2/health/ready",
-    )
-    bare = start(
-        [*uv, "--port", "8392", "--app-dir", str(ROOT / "bench"), "bare_app:app"],
-        {},
-        "http://127.0.0.1:8392/docs",
-    )
-    base = "http://127.0.0.1:8391"
-    try:
-        cases = [
-            (
-                "bare FastAPI, body read only (byte floor)",
-                "http://127.0.0.1:8392/echo-size",
-                "v2.bin",
-                [],
-                args.repeat,
-            ),
-            (
-                "v2 binary",
-                f"{base}/v2/models/softmax_cross_entropy_with_logits/infer",
-                "v2.bin",
-                [f"Inference-Header-Content-Length: {len(header)}"],
-                args.repeat,
-            ),
-            (
-                "native safetensors",
-                f"{base}/v1/softmax_cross_entropy_with_logits",
-                "body.safetensors",
-                ["Content-Type: application/x-safetensors", "Accept: application/x-safetensors"],
-                args.repeat,
-            ),
-            (
-                "native JSON",
-                f"{base}/v1/softmax_cross_entropy_with_logits",
-                "body.json",
-                ["Content-Type: application/json"],
-                args.json_repeat,
-            ),
-        ]
-        best = {name: float("inf") for name, *_ in cases}
-        for round_ in range(max(args.repeat, args.json_repeat)):  # interleaved rounds
-            for name, url, file, headers, repeat in cases:
-                if round_ >= repeat:
-                    continue
-                seconds, out = curl(url, tmp / file, headers)
-                best[name] = min(best[name], seconds)
-                if file == "v2.bin" and "bare" not in name:
-                    length = int(out.index(b"}]}") + 3)
-                    loss = np.frombuffer(out[length:], np.float32)
-                    assert np.allclose(loss, ref, rtol=1e-4, atol=1e-4), "wrong loss over v2"
-        floor = best[cases[0][0]]
-        print(
-            f"## 2 x {args.mib} MiB FP32 ({rows} x {classes} each), curl, "
-            f"best of {args.repeat} (JSON: {args.json_repeat})\n"
-        )
-        print("| path | body MiB | seconds | MiB/s of body | x floor time |\n|---|---|---|---|---|")
-        for name, _, file, _, _ in cases:
-            mib = sizes[file] / 2**20
-            seconds = best[name]
-            print(
-                f"| {name} | {mib:.0f} | {seconds:.2f} | {mib / seconds:.0f} | "
-                f"{seconds / floor:.2f} |"
-            )
-    finally:
-        for proc in (service, bare):
-            proc.terminate()
-            proc.wait()
-        for path in tmp.iterdir():
-            path.unlink()
-        tmp.rmdir()
+
+ENV = {"SCE_MAX_REQUEST_BYTES": str(2 << 30), "SCE_MAX_JSON_BYTES": str(2 << 30),
+       "SCE_LOG_LEVEL": "warning"}  # fmt: skip
+
+
+def measure(sizes: list[float], repeat: int, json_up_to: float = 256) -> list[dict[str, object]]:
+    rows: list[dict[str, object]] = []
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        for mib in sizes:
+            cases = bodies(mib, tmp)
+            sport, bport = servers.free_port(), servers.free_port()
+            command, ready, env = servers.service(sport, **ENV)
+            bcommand, bready, _ = servers.bare(bport)
+            with servers.running(command, ready, env) as pid, servers.running(bcommand, bready):
+                best = dict.fromkeys(cases, float("inf"))
+                hwm = {}
+                idle = servers.rss_kib(pid) / 1024
+                for round_ in range(repeat):  # interleaved rounds
+                    for name, (path, route, headers) in cases.items():
+                        if name == "JSON" and mib > json_up_to:
+                            continue
+                        port = bport if route == "/echo-size" else sport
+                        url = f"http://127.0.0.1:{port}{route}"
+                        servers.reset_peak_rss(pid)
+                        best[name] = min(best[name], curl(url, path, headers))
+                        # Peak RSS from the first round only: after a JSON request the
+                        # allocator keeps its memory, which would show in later peaks.
+                        if port == sport and round_ == 0:
+                            hwm[name] = servers.rss_kib(pid, "VmHWM") / 1024
+            for name, seconds in best.items():
+                if seconds != float("inf"):
+                    body_mib = cases[name][0].stat().st_size / 2**20
+                    rows.append({"path": name, "payload_mib": 2 * mib, "body_mib": body_mib,
+                                 "seconds": seconds, "peak_rss_mib": hwm.get(name),
+                                 "idle_rss_mib": idle})  # fmt: skip
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", type=float, nargs="+", default=[0.5, 2, 8, 32, 128])
+    parser.add_argument("--repeat", type=int, default=3)
+    args = parser.parse_args()
+    print(json.dumps(measure(args.sizes, args.repeat), indent=1))
 
 
 if __name__ == "__main__":

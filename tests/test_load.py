@@ -10,7 +10,8 @@ from tests.conftest import start_server, stop_server
 
 
 def test_mixed_load_has_no_errors() -> None:
-    # A small in-flight bound so that backpressure (503, then a retry) is exercised too.
+    # A small in-flight bound, so that 503s (retried by the load clients) can occur too;
+    # tests/api/test_limits.py checks the backpressure itself deterministically.
     proc, url = start_server(env={"SCE_MAX_IN_FLIGHT": "4"})
     try:
         report = asyncio.run(run(url, clients=16, duration=6, pid=proc.pid))
@@ -19,5 +20,4 @@ def test_mixed_load_has_no_errors() -> None:
     assert report.errors == []
     assert report.sent > 100
     assert set(report.latencies) == {k.name for k in kinds()}
-    assert report.retried_503 > 0
     assert report.rss_mib and max(report.rss_mib) < 1024

@@ -16,9 +16,9 @@ from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ValidationError
 
 from service.api import metrics, openapi
-from service.api.deps import EngineDep, InFlightDep, SettingsDep
+from service.api.deps import Runtime, RuntimeDep
 from service.api.errors import describe_validation
-from service.api.limits import InFlightLimit, process
+from service.api.limits import process
 from service.codecs import json_tensor, safetensors
 from service.engine.engine import Engine, LossResult
 from service.engine.types import DType
@@ -193,13 +193,7 @@ def _handle(
 
 
 async def _serve(
-    request: Request,
-    settings: SettingsDep,
-    engine: Engine,
-    in_flight: InFlightLimit,
-    query: QueryArguments,
-    *,
-    sparse: bool,
+    request: Request, runtime: Runtime, query: QueryArguments, *, sparse: bool
 ) -> Response:
     media_type = request.headers.get("content-type", JSON).split(";", 1)[0].strip().lower()
     if media_type not in (JSON, SAFETENSORS):
@@ -207,15 +201,18 @@ async def _serve(
             f"Content-Type {media_type!r} is not supported; send {JSON} or {SAFETENSORS}"
         )
     wants_safetensors = SAFETENSORS in request.headers.get("accept", "")
+    settings = runtime.settings
     limit = settings.max_request_bytes
     if media_type == JSON:
         limit = min(limit, settings.max_json_bytes)
     content = await process(
         request,
-        in_flight,
+        runtime.in_flight,
         max_bytes=limit,
         body_timeout=settings.body_timeout,
-        work=lambda body: _handle(body, media_type, query, wants_safetensors, engine, sparse),
+        work=lambda body: _handle(
+            body, media_type, query, wants_safetensors, runtime.engine, sparse
+        ),
     )
     return Response(content, media_type=SAFETENSORS if wants_safetensors else JSON)
 
@@ -265,9 +262,7 @@ NameQuery = Annotated[str | None, Query(max_length=256, description="safetensors
 )
 async def softmax_cross_entropy_with_logits(
     request: Request,
-    settings: SettingsDep,
-    engine: EngineDep,
-    in_flight: InFlightDep,
+    runtime: RuntimeDep,
     dim: DimQuery = None,
     axis: AxisQuery = None,
     outputs: OutputsQuery = None,
@@ -275,7 +270,7 @@ async def softmax_cross_entropy_with_logits(
 ) -> Response:
     """Loss, and on request its gradients, for probability-distribution labels."""
     query = QueryArguments(dim, axis, outputs, name)
-    return await _serve(request, settings, engine, in_flight, query, sparse=False)
+    return await _serve(request, runtime, query, sparse=False)
 
 
 @router.post(
@@ -288,12 +283,10 @@ async def softmax_cross_entropy_with_logits(
 )
 async def sparse_softmax_cross_entropy_with_logits(
     request: Request,
-    settings: SettingsDep,
-    engine: EngineDep,
-    in_flight: InFlightDep,
+    runtime: RuntimeDep,
     outputs: OutputsQuery = None,
     name: NameQuery = None,
 ) -> Response:
     """Loss, and on request grad_logits, for integer class labels."""
     query = QueryArguments(None, None, outputs, name)
-    return await _serve(request, settings, engine, in_flight, query, sparse=True)
+    return await _serve(request, runtime, query, sparse=True)

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from service import __version__
 from service.api import metrics, openapi
-from service.api.deps import EngineDep, InFlightDep, SettingsDep
+from service.api.deps import EngineDep, RuntimeDep
 from service.api.errors import describe_validation
 from service.api.limits import process
 from service.api.responses import BuffersResponse
@@ -268,18 +268,16 @@ def model_ready(model: str, engine: EngineDep) -> ModelReady:
         ],
     },
 )
-async def model_infer(
-    model: str, request: Request, settings: SettingsDep, engine: EngineDep, in_flight: InFlightDep
-) -> Response:
+async def model_infer(model: str, request: Request, runtime: RuntimeDep) -> Response:
     """Loss and gradients; any Content-Type (tritonclient sends none)."""
     spec = _model(model)
     header_length = request.headers.get(v2.HEADER_LENGTH)
     chunks, json_length = await process(
         request,
-        in_flight,
-        max_bytes=settings.max_request_bytes,
-        body_timeout=settings.body_timeout,
-        work=lambda body: infer(model, spec, body, header_length, engine),
+        runtime.in_flight,
+        max_bytes=runtime.settings.max_request_bytes,
+        body_timeout=runtime.settings.body_timeout,
+        work=lambda body: infer(model, spec, body, header_length, runtime.engine),
     )
     if json_length is None:
         return BuffersResponse(chunks, media_type="application/json")

@@ -68,6 +68,9 @@ def session_options(intra_op_threads: int) -> ort.SessionOptions:
     options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3  # errors only: ORT's warnings are not actionable here
+    # Idle pool threads sleep instead of spinning: spinning burns the CPUs that the event
+    # loop and the other requests need (bench/http.py measured it).
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return options
 
 

@@ -1,0 +1,203 @@
+"""Small requests over HTTP: throughput and latency at concurrency 1, 8 and 64 (wrk),
+for v1 JSON, v2 JSON and v2 binary, next to a bare FastAPI echo endpoint; 1 vs 2 workers;
+and the service against MLServer with the same client (tritonclient, sequential v2 JSON).
+
+    python bench/http.py [--duration 5]        (needs wrk: apt-get install wrk)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench import servers
+
+LUA = """wrk.method = "POST"
+wrk.body = io.open("{body}", "rb"):read("*a")
+{headers}
+"""
+
+
+def payloads(rows: int = 32, classes: int = 10) -> dict[str, tuple[str, bytes, dict[str, str]]]:
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((rows, classes)).astype(np.float32)
+    y = np.full((rows, classes), 1 / classes, np.float32)
+    v1 = json.dumps({"labels": y.tolist(), "logits": x.tolist()}).encode()
+    v2_json = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": n,
+                    "shape": [rows, classes],
+                    "datatype": "FP32",
+                    "data": a.ravel().tolist(),
+                }
+                for n, a in (("labels", y), ("logits", x))
+            ],
+            "outputs": [{"name": "loss"}],
+        }
+    ).encode()
+    header = json.dumps({
+        "inputs": [
+            {"name": n, "shape": [rows, classes], "datatype": "FP32",
+             "parameters": {"binary_data_size": a.nbytes}}
+            for n, a in (("labels", y), ("logits", x))
+        ],
+        "outputs": [{"name": "loss", "parameters": {"binary_data": True}}],
+    }).encode()  # fmt: skip
+    infer = "/v2/models/softmax_cross_entropy_with_logits/infer"
+    soft = "/v1/softmax_cross_entropy_with_logits"
+    return {
+        "v1 JSON": (soft, v1, {"Content-Type": "application/json"}),
+        "v2 JSON": (infer, v2_json, {"Content-Type": "application/json"}),
+        "v2 binary": (
+            infer, header + y.tobytes() + x.tobytes(),
+            {"Inference-Header-Content-Length": str(len(header))},
+        ),
+        "bare FastAPI echo": ("/echo", v1, {"Content-Type": "application/json"}),
+    }  # fmt: skip
+
+
+def wrk(
+    url: str, body: bytes, headers: dict[str, str], connections: int, seconds: float
+) -> dict[str, float]:
+    """Requests/s and latency percentiles (ms) from one wrk run."""
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "body").write_bytes(body)
+        lines = "\n".join(f'wrk.headers["{k}"] = "{v}"' for k, v in headers.items())
+        script = Path(tmp) / "post.lua"
+        script.write_text(LUA.format(body=Path(tmp) / "body", headers=lines))
+        out = subprocess.run(
+            ["wrk", "-t", str(min(2, connections)), "-c", str(connections),
+             "-d", f"{round(seconds)}s", "--latency", "-s", str(script), url],
+            check=True, capture_output=True, text=True,
+        ).stdout  # fmt: skip
+    if "Non-2xx" in out:
+        raise RuntimeError(f"non-2xx answers from {url}:\n{out}")
+
+    def ms(label: str) -> float:
+        found = re.search(rf"{label}%\s+([\d.]+)(us|ms|s)", out)
+        assert found, out
+        value, unit = found.groups()
+        return float(value) * {"us": 1e-3, "ms": 1.0, "s": 1e3}[unit]
+
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    return {"rps": rps, "p50": ms("50"), "p99": ms("99")}
+
+
+def small_requests(seconds: float) -> list[dict[str, object]]:
+    rows = []
+    sport, bport = servers.free_port(), servers.free_port()
+    command, ready, env = servers.service(sport)
+    bcommand, bready, _ = servers.bare(bport)
+    with servers.running(command, ready, env), servers.running(bcommand, bready):
+        for concurrency in (1, 8, 64):
+            for name, (path, body, headers) in payloads().items():  # interleaved per level
+                port = bport if name.startswith("bare") else sport
+                result = wrk(f"http://127.0.0.1:{port}{path}", body, headers, concurrency, seconds)
+                rows.append({"path": name, "concurrency": concurrency, **result})
+    return rows
+
+
+def workers(seconds: float) -> dict[int, float]:
+    path, body, headers = payloads()["v1 JSON"]
+    rps = {}
+    for count in (1, 2):
+        port = servers.free_port()
+        command, ready, env = servers.service(port, workers=count)
+        with servers.running(command, ready, env):
+            time.sleep(1)  # both workers up
+            rps[count] = wrk(f"http://127.0.0.1:{port}{path}", body, headers, 64, seconds)["rps"]
+    return rps
+
+
+def tritonclient_rate(port: int, seconds: float) -> float:
+    """Sequential tritonclient v2 JSON requests per second (32 x 10 FP32)."""
+    import tritonclient.http as triton
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((32, 10)).astype(np.float32)
+    y = np.full((32, 10), 0.1, np.float32)
+    client = triton.InferenceServerClient(f"127.0.0.1:{port}")
+    inputs = [
+        triton.InferInput("labels", [32, 10], "FP32"),
+        triton.InferInput("logits", [32, 10], "FP32"),
+    ]
+    inputs[0].set_data_from_numpy(y, binary_data=False)
+    inputs[1].set_data_from_numpy(x, binary_data=False)
+    outputs = [triton.InferRequestedOutput("loss", binary_data=False)]
+    name = "softmax_cross_entropy_with_logits"
+    for _ in range(50):
+        client.infer(name, inputs, outputs=outputs)
+    count, deadline = 0, time.monotonic() + seconds
+    start = time.perf_counter()
+    while time.monotonic() < deadline:
+        client.infer(name, inputs, outputs=outputs)
+        count += 1
+    return count / (time.perf_counter() - start)
+
+
+def tritonclient_large(port: int, mib: int, binary: bool) -> float:
+    """Seconds for one tritonclient request of 2 x `mib` MiB FP32 (best of 2)."""
+    import tritonclient.http as triton
+
+    rows, classes = mib * 2**20 // 4 // 1024, 1024
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((rows, classes), dtype=np.float32)
+    y = np.full((rows, classes), 1 / classes, np.float32)
+    client = triton.InferenceServerClient(f"127.0.0.1:{port}", network_timeout=600)
+    inputs = [triton.InferInput("labels", [rows, classes], "FP32"),
+              triton.InferInput("logits", [rows, classes], "FP32")]  # fmt: skip
+    inputs[0].set_data_from_numpy(y, binary_data=binary)
+    inputs[1].set_data_from_numpy(x, binary_data=binary)
+    outputs = [triton.InferRequestedOutput("loss", binary_data=binary)]
+    best = float("inf")
+    for _ in range(2):
+        start = time.perf_counter()
+        client.infer("softmax_cross_entropy_with_logits", inputs, outputs=outputs)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def peers(seconds: float, large_mib: int = 32) -> dict[str, float] | None:
+    """The service against MLServer, same clients: tritonclient (small, sequential, and
+    2 x `large_mib` MiB; MLServer refuses the binary extension) and wrk (v2 JSON, 8 conns)."""
+    mport, sport = servers.free_port(), servers.free_port()
+    spec = servers.mlserver(mport)
+    if spec is None:
+        return None
+    command, ready, env = servers.service(sport)
+    path, body, headers = payloads()["v2 JSON"]
+    with servers.running(*spec), servers.running(command, ready, env):
+        return {
+            "tritonclient rps, MLServer": tritonclient_rate(mport, seconds),
+            "tritonclient rps, service": tritonclient_rate(sport, seconds),
+            "wrk rps, MLServer": wrk(f"http://127.0.0.1:{mport}{path}", body, headers, 8, seconds)[
+                "rps"
+            ],
+            "wrk rps, service": wrk(f"http://127.0.0.1:{sport}{path}", body, headers, 8, seconds)[
+                "rps"
+            ],
+            f"2x{large_mib} MiB s, MLServer (JSON)": tritonclient_large(mport, large_mib, False),
+            f"2x{large_mib} MiB s, service (binary)": tritonclient_large(sport, large_mib, True),
+        }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--duration", type=float, default=5)
+    args = parser.parse_args()
+    results = {"peers": peers(args.duration), "workers": workers(args.duration)}
+    results["small"] = small_requests(args.duration)
+    print(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()

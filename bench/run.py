@@ -1,0 +1,170 @@
+"""`make bench`: every benchmark in one run, written to docs/benchmarks.md and a plot.
+
+    python -m bench.run [--quick]
+
+Sections: (a) engine vs memcpy, numpy and PyTorch (if installed); (b) small requests
+at concurrency 1/8/64 next to a bare FastAPI endpoint (wrk); (c) large payloads next to
+the byte floor (curl), with (e) the server's peak RSS; (d) MLServer (if
+bench/.venv-mlserver exists) with the same clients; (f) 1 vs 2 workers; big JSON decode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import sys
+import time
+from pathlib import Path
+
+from bench import engine, http, json_decode, transport
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "benchmarks.md"
+PLOT = ROOT / "docs" / "benchmarks.png"
+
+
+def _engine_section(rows: list[dict], accuracy: list[dict]) -> list[str]:
+    out = ["## (a) Engine, in process (float32, 2 intra-op threads)", ""]
+    sizes = list(dict.fromkeys(r["size"] for r in rows))
+    names = list(dict.fromkeys(r["contender"] for r in rows))
+    out.append("| contender | " + " | ".join(f"{s} ms" for s in sizes) + " |")
+    out.append("|---|" + "---|" * len(sizes))
+    get = {(r["size"], r["contender"]): r["seconds"] for r in rows}
+    for name in names:
+        cells = [f"{get[s, name] * 1e3:.3f}" if (s, name) in get else "" for s in sizes]
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    out += ["", "| ratio | " + " | ".join(sizes) + " |", "|---|" + "---|" * len(sizes)]
+    ratios = {
+        "engine loss / memcpy": ("engine loss", "memcpy of both inputs", 1),
+        "engine loss+grads / (3 x memcpy)": ("engine loss + grads", "memcpy of both inputs", 3),
+        "numpy loss / engine loss": ("numpy loss", "engine loss", 1),
+        "PyTorch loss / engine loss": ("PyTorch loss", "engine loss", 1),
+        "PyTorch loss+grads / engine loss+grads": (
+            "PyTorch loss + grads",
+            "engine loss + grads",
+            1,
+        ),
+    }
+    for label, (a, b, k) in ratios.items():
+        if any((s, a) in get for s in sizes):
+            out.append(f"| {label} | " + " | ".join(
+                f"{get[s, a] / (k * get[s, b]):.2f}" if (s, a) in get else "" for s in sizes
+            ) + " |")  # fmt: skip
+    out += ["", "Error against the float64 numpy reference (256 x 1000, random inputs):", ""]
+    out += ["| dtype | loss rel | grad_logits abs | grad_labels rel |", "|---|---|---|---|"]
+    for row in accuracy:
+        out.append(
+            f"| {row['dtype']} | {row['loss']:.2e} | {row['grad_logits_abs']:.2e} | "
+            f"{row['grad_labels']:.2e} |"
+        )
+    return out
+
+
+def _small_section(
+    small: list[dict], workers: dict, peers: dict | None, big_json: dict
+) -> list[str]:
+    out = ["", "## (b) Small requests (32 x 10 FP32), wrk, same uvicorn settings", ""]
+    out += ["| path | concurrency | req/s | p50 ms | p99 ms | x bare FastAPI req/s |",
+            "|---|---|---|---|---|---|"]  # fmt: skip
+    bare = {r["concurrency"]: r["rps"] for r in small if r["path"].startswith("bare")}
+    for r in small:
+        ratio = r["rps"] / bare[r["concurrency"]]
+        out.append(f"| {r['path']} | {r['concurrency']} | {r['rps']:.0f} | {r['p50']:.2f} | "
+                   f"{r['p99']:.1f} | {ratio:.2f} |")  # fmt: skip
+    out += ["", "## (f) Workers: v1 JSON 32 x 10 at 64 connections (wrk)", "",
+            "| workers | req/s |", "|---|---|"]  # fmt: skip
+    out += [f"| {k} | {v:.0f} |" for k, v in workers.items()]
+    w = list(workers.values())
+    out += ["", f"2 workers / 1 worker: **{w[1] / w[0]:.2f}x**"]
+    out += ["", "## (d) MLServer 1.7.1 (numpy custom runtime), same clients", ""]
+    if peers is None:
+        out.append("Not run: bench/.venv-mlserver is missing (see `make bench-peers`).")
+    else:
+        out += ["| measure | value |", "|---|---|"]
+        out += [f"| {k} | {v:.3f} |" for k, v in peers.items()]
+    out += ["", "## Big JSON decode (512 x 1000 x 2 tensors), in process", "",
+            "| decoder | ms |", "|---|---|"]  # fmt: skip
+    out += [f"| {k} | {v * 1e3:.1f} |" for k, v in big_json.items()]
+    return out
+
+
+def _payload_section(rows: list[dict]) -> list[str]:
+    out = ["", "## (c, e) Large payloads: 2 tensors, loss back (curl); server peak RSS", ""]
+    out += ["| path | payload MiB | body MiB | seconds | MiB/s of payload | x floor throughput | "
+            "peak RSS MiB | peak RSS / payload | (peak - idle) / payload |",
+            "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    floor = {r["payload_mib"]: r["seconds"] for r in rows if r["path"].startswith("byte floor")}
+    for r in rows:
+        rss, mib = r["peak_rss_mib"], r["payload_mib"]
+        memory = (
+            f"{rss:.0f} | {rss / mib:.2f} | {(rss - r['idle_rss_mib']) / mib:.2f} |"
+            if rss
+            else " | | |"
+        )
+        out.append(
+            f"| {r['path']} | {mib:g} | {r['body_mib']:.0f} | {r['seconds']:.3f} | "
+            f"{mib / r['seconds']:.0f} | {floor[mib] / r['seconds']:.2f} | {memory}"
+        )
+    return out
+
+
+def plot(small: list[dict], payloads: list[dict]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for name in dict.fromkeys(r["path"] for r in payloads):
+        pts = [r for r in payloads if r["path"] == name]
+        left.plot([r["payload_mib"] for r in pts], [r["payload_mib"] / r["seconds"] for r in pts],
+                  marker="o", label=name)  # fmt: skip
+    left.set(xscale="log", yscale="log", xlabel="payload MiB (2 tensors)",
+             ylabel="MiB/s of payload", title="Throughput vs payload size (curl)")  # fmt: skip
+    left.legend()
+    for name in dict.fromkeys(r["path"] for r in small):
+        pts = [r for r in small if r["path"] == name]
+        right.plot([r["concurrency"] for r in pts], [r["p99"] for r in pts], marker="o", label=name)
+    right.set(xscale="log", yscale="log", xlabel="concurrent connections", ylabel="p99 latency ms",
+              title="Small requests (32 x 10): p99 latency (wrk)")  # fmt: skip
+    right.legend()
+    fig.tight_layout()
+    fig.savefig(PLOT, dpi=110)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="small sizes, short runs")
+    args = parser.parse_args()
+    started = time.strftime("%Y-%m-%d %H:%M")
+    sizes = [(32, 10), (1024, 1000), (8192, 4096)] + ([] if args.quick else [(8192, 32000)])
+    seconds = 2 if args.quick else 5
+    payload_sizes = [0.5, 8] if args.quick else [0.5, 2, 8, 32, 128]
+    speed = engine.measure(sizes, 3 if args.quick else 5)
+    accuracy = engine.accuracy()
+    results = {"peers": http.peers(seconds), "workers": http.workers(seconds)}
+    small = http.small_requests(seconds)
+    payloads = transport.measure(payload_sizes, 2 if args.quick else 3)
+    big_json = json_decode.measure()
+    lines = [
+        "# Benchmarks",
+        "",
+        f"Produced by `make bench` (`python -m bench.run{' --quick' if args.quick else ''}`) "
+        f"on {started}, {platform.machine()}, {len(__import__('os').sched_getaffinity(0))} "
+        f"CPUs, Python {sys.version.split()[0]}: one run, contenders interleaved, best of "
+        "the repeats. The machine is shared and noisy: the ratios are the meaningful part.",
+        "",
+        "![throughput and latency](benchmarks.png)",
+        "",
+        *_engine_section(speed, accuracy),
+        *_small_section(small, results["workers"], results["peers"], big_json),
+        *_payload_section(payloads),
+        "",
+    ]
+    DOC.write_text("\n".join(lines))
+    plot(small, payloads)
+    print(DOC.read_text())
+
+
+if __name__ == "__main__":
+    main()
