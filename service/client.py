@@ -102,10 +102,7 @@ class Client:
         outputs: Sequence[str] = ("loss",),
     ) -> dict[str, np.ndarray]:
         """tf.nn.softmax_cross_entropy_with_logits_v2 on the server; the requested outputs."""
-        tensors = {"labels": labels, "logits": logits}
-        if grad_loss is not None:
-            tensors["grad_loss"] = grad_loss
-        return self._call(SOFT, tensors, outputs, dim)
+        return self._call(SOFT, labels, logits, grad_loss, outputs, dim)
 
     def sparse_softmax_cross_entropy(
         self,
@@ -116,15 +113,19 @@ class Client:
         outputs: Sequence[str] = ("loss",),
     ) -> dict[str, np.ndarray]:
         """tf.nn.sparse_softmax_cross_entropy_with_logits on the server."""
-        tensors = {"labels": labels, "logits": logits}
-        if grad_loss is not None:
-            tensors["grad_loss"] = grad_loss
-        return self._call(SPARSE, tensors, outputs, None)
+        return self._call(SPARSE, labels, logits, grad_loss, outputs, None)
 
     def _call(
-        self, model: str, tensors: dict[str, np.ndarray], outputs: Sequence[str], dim: int | None
+        self,
+        model: str,
+        labels: np.ndarray,
+        logits: np.ndarray,
+        grad_loss: np.ndarray | None,
+        outputs: Sequence[str],
+        dim: int | None,
     ) -> dict[str, np.ndarray]:
-        arrays = {name: np.ascontiguousarray(a) for name, a in tensors.items()}
+        tensors = {"labels": labels, "logits": logits, "grad_loss": grad_loss}
+        arrays = {n: np.ascontiguousarray(a) for n, a in tensors.items() if a is not None}
         if self.transport == "v2":
             return self._call_v2(model, arrays, outputs, dim)
         fields = {"outputs": ",".join(outputs), **({"dim": str(dim)} if dim is not None else {})}
