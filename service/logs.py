@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from pythonjsonlogger.core import RESERVED_ATTRS
+
 JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(message)s"
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
@@ -16,6 +18,8 @@ def log_config(level: str, json: bool) -> dict[str, Any]:
             "()": "pythonjsonlogger.json.JsonFormatter",
             "fmt": JSON_FIELDS,
             "rename_fields": {"levelname": "level", "name": "logger", "asctime": "time"},
+            # uvicorn adds an ANSI-coloured copy of its message for terminals: not for JSON
+            "reserved_attrs": [*RESERVED_ATTRS, "color_message"],
         }
         if json
         else {"format": TEXT_FORMAT}
