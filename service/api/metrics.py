@@ -121,20 +121,21 @@ class ObservabilityMiddleware:
             LATENCY.labels(route, method, status).observe(seconds)
             REQUEST_BYTES.labels(route).observe(state["in"])
             RESPONSE_BYTES.labels(route).observe(state["out"])
-            access_log.info(
-                "%s %s %s",
-                method,
-                scope["path"],
-                status,
-                extra={
-                    "request_id": request_id,
-                    "method": method,
-                    "path": scope["path"],
-                    "route": route,
-                    "status": state["status"],
-                    "duration_ms": round(seconds * 1e3, 3),
-                    "bytes_in": state["in"],
-                    "bytes_out": state["out"],
-                    "client": (scope.get("client") or ("", 0))[0],
-                },
-            )
+            if access_log.isEnabledFor(logging.INFO):  # skip building the line
+                access_log.info(
+                    "%s %s %s",
+                    method,
+                    scope["path"],
+                    status,
+                    extra={
+                        "request_id": request_id,
+                        "method": method,
+                        "path": scope["path"],
+                        "route": route,
+                        "status": state["status"],
+                        "duration_ms": round(seconds * 1e3, 3),
+                        "bytes_in": state["in"],
+                        "bytes_out": state["out"],
+                        "client": (scope.get("client") or ("", 0))[0],
+                    },
+                )
