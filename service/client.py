@@ -22,11 +22,9 @@ import numpy as np
 import urllib3
 
 from service.codecs import safetensors, v2
-from service.engine.types import DType
+from service.engine.types import SOFT_OP, SPARSE_OP, DType
 
 Transport = Literal["safetensors", "v2"]
-SOFT = "softmax_cross_entropy_with_logits"
-SPARSE = "sparse_softmax_cross_entropy_with_logits"
 
 
 class ServiceError(Exception):
@@ -102,7 +100,7 @@ class Client:
         outputs: Sequence[str] = ("loss",),
     ) -> dict[str, np.ndarray]:
         """tf.nn.softmax_cross_entropy_with_logits_v2 on the server; the requested outputs."""
-        return self._call(SOFT, labels, logits, grad_loss, outputs, dim)
+        return self._call(SOFT_OP, labels, logits, grad_loss, outputs, dim)
 
     def sparse_softmax_cross_entropy(
         self,
@@ -113,7 +111,7 @@ class Client:
         outputs: Sequence[str] = ("loss",),
     ) -> dict[str, np.ndarray]:
         """tf.nn.sparse_softmax_cross_entropy_with_logits on the server."""
-        return self._call(SPARSE, labels, logits, grad_loss, outputs, None)
+        return self._call(SPARSE_OP, labels, logits, grad_loss, outputs, None)
 
     def _call(
         self,

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Self
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema, model_validator
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 FloatDType = Literal["float16", "bfloat16", "float32", "float64"]
 IndexDType = Literal["int32", "int64"]
@@ -58,7 +58,9 @@ class LossRequest(_Request):
         description="A probability distribution along `dim`; broadcasts against logits."
     )
     dim: int | None = Field(None, description="Class dimension (default -1).")
-    axis: int | None = Field(None, description="TensorFlow 2's name for `dim`.")
+    axis: int | None = Field(
+        None, description="TensorFlow 2's name for `dim`; both given and different is a 422."
+    )
     dtype: FloatDType = "float32"
     outputs: list[SoftOutput] = Field(
         default_factory=lambda: list[SoftOutput](["loss"]), min_length=1
@@ -66,17 +68,6 @@ class LossRequest(_Request):
     grad_loss: TensorData | None = Field(
         None, description="Upstream gradient, the loss's shape (default ones)."
     )
-
-    @model_validator(mode="after")
-    def _one_class_dimension(self) -> Self:
-        if self.dim is not None and self.axis is not None and self.dim != self.axis:
-            raise ValueError(f"dim ({self.dim}) and axis ({self.axis}) disagree; give one")
-        return self
-
-    @property
-    def class_dim(self) -> int:
-        """`dim`, else `axis`, else -1."""
-        return self.dim if self.dim is not None else self.axis if self.axis is not None else -1
 
 
 class SparseLossRequest(_Request):

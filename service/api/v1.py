@@ -15,21 +15,20 @@ import orjson
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ValidationError
 
-from service.api import metrics, openapi
+from service.api import openapi
 from service.api.deps import Runtime, RuntimeDep
 from service.api.errors import describe_validation
+from service.api.inference import class_dim, compute
 from service.api.limits import process
 from service.codecs import json_tensor, safetensors
 from service.engine.engine import Engine, LossResult
-from service.engine.types import DType
+from service.engine.types import SOFT_OP, SPARSE_OP, DType
 from service.errors import InvalidArgument, MalformedBody, UnsupportedMediaType
 from service.schemas import ErrorDetail, LossRequest, LossResponse, SparseLossRequest
 
 router = APIRouter(prefix="/v1", tags=["native"])
 
 JSON = "application/json"
-SOFT_MODEL = "softmax_cross_entropy_with_logits"
-SPARSE_MODEL = "sparse_softmax_cross_entropy_with_logits"
 SAFETENSORS = safetensors.MEDIA_TYPE
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -38,10 +37,11 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     for status, text in {
         400: "Malformed body (bad JSON, invalid safetensors)",
         401: "API key missing or wrong",
+        408: "Body not received within SCE_BODY_TIMEOUT",
         413: "Body over the configured limit",
         415: "Unsupported Content-Type or Content-Encoding",
         422: "Invalid arguments: shapes, dtypes, dim, label range, unknown members",
-        503: "Not ready",
+        503: "Not ready, over the in-flight bound (Retry-After), or an ONNX Runtime failure",
     }.items()
 }
 
@@ -102,7 +102,7 @@ def _soft_from_json(body: bytes | bytearray) -> Call:
         "logits": json_tensor.decode(args.logits, dtype, "logits"),
         **_decode_optional(args.grad_loss, dtype, "grad_loss"),
     }
-    return Call(arrays, list(args.outputs), args.name, args.class_dim)
+    return Call(arrays, list(args.outputs), args.name, class_dim(args.dim, args.axis))
 
 
 def _sparse_from_json(body: bytes | bytearray) -> Call:
@@ -128,29 +128,8 @@ def _from_safetensors(body: bytes | bytearray, query: QueryArguments, *, sparse:
         raise InvalidArgument(f"the safetensors body needs tensor(s) {', '.join(missing)}")
     if sparse and (query.dim is not None or query.axis is not None):
         raise InvalidArgument("the sparse op takes no dim: its class dimension is the last")
-    if query.dim is not None and query.axis is not None and query.dim != query.axis:
-        raise InvalidArgument(f"dim ({query.dim}) and axis ({query.axis}) disagree; give one")
-    dim = query.dim if query.dim is not None else query.axis if query.axis is not None else -1
     outputs = [o.strip() for o in (query.outputs or "loss").split(",") if o.strip()]
-    return Call(arrays, outputs, query.name, dim)
-
-
-def _compute(engine: Engine, call: Call, *, sparse: bool) -> LossResult:
-    a = call.arrays
-    if sparse:
-        return engine.sparse_softmax_cross_entropy(
-            labels=a["labels"],
-            logits=a["logits"],
-            grad_loss=a.get("grad_loss"),
-            outputs=call.outputs,
-        )
-    return engine.softmax_cross_entropy(
-        labels=a["labels"],
-        logits=a["logits"],
-        grad_loss=a.get("grad_loss"),
-        dim=call.dim,
-        outputs=call.outputs,
-    )
+    return Call(arrays, outputs, query.name, class_dim(query.dim, query.axis))
 
 
 def encode_json(result: LossResult, name: str | None) -> bytes:
@@ -185,10 +164,8 @@ def _handle(
                 "with JSON put them in the object"
             )
         call = (_sparse_from_json if sparse else _soft_from_json)(body)
-    model = SPARSE_MODEL if sparse else SOFT_MODEL
-    result = metrics.timed_inference(
-        model, engine.providers[0], lambda: _compute(engine, call, sparse=sparse)
-    )
+    op = SPARSE_OP if sparse else SOFT_OP
+    result = compute(engine, op, call.arrays, outputs=call.outputs, dim=call.dim)
     return (encode_safetensors if wants_safetensors else encode_json)(result, call.name)
 
 

@@ -6,7 +6,6 @@ and splits it at `Inference-Header-Content-Length`. Errors are `{"error": ...}`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,14 +14,15 @@ from fastapi import APIRouter, Request, Response
 from pydantic import ValidationError
 
 from service import __version__
-from service.api import metrics, openapi
+from service.api import openapi
 from service.api.deps import EngineDep, RuntimeDep
 from service.api.errors import describe_validation
+from service.api.inference import class_dim, compute
 from service.api.limits import process
 from service.api.responses import BuffersResponse
 from service.codecs import v2
-from service.engine.engine import Engine, LossResult
-from service.engine.types import SOFT_OUTPUTS, SPARSE_OUTPUTS, Output
+from service.engine.engine import Engine
+from service.engine.types import SOFT_OP, SOFT_OUTPUTS, SPARSE_OP, SPARSE_OUTPUTS, Output
 from service.errors import InvalidArgument, MalformedBody, ModelNotFound
 from service.schemas import (
     InferenceRequest,
@@ -43,48 +43,14 @@ EXTENSIONS = ["binary_tensor_data", "parameters"]
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """What a model takes and gives, and how the engine computes it."""
+    """What a model takes and gives."""
 
     inputs: tuple[TensorMetadata, ...]  # labels and logits are required, grad_loss is not
     outputs: tuple[Output, ...]
-    run: Callable[[Engine, Mapping[str, np.ndarray], dict[str, Any], list[Output]], LossResult]
 
     @property
     def input_names(self) -> tuple[str, ...]:
         return tuple(t.name for t in self.inputs)
-
-
-def _dim(params: dict[str, Any]) -> int:
-    dim, axis = params.get("dim"), params.get("axis")
-    if dim is not None and axis is not None and dim != axis:
-        raise InvalidArgument(f"parameters dim ({dim}) and axis ({axis}) disagree; give one")
-    value = dim if dim is not None else axis if axis is not None else -1
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise InvalidArgument(f"parameter dim must be an integer; got {value!r}")
-    return value
-
-
-def _run_soft(
-    engine: Engine, arrays: Mapping[str, np.ndarray], params: dict[str, Any], outs: list[Output]
-) -> LossResult:
-    return engine.softmax_cross_entropy(
-        labels=arrays["labels"],
-        logits=arrays["logits"],
-        grad_loss=arrays.get("grad_loss"),
-        dim=_dim(params),
-        outputs=outs,
-    )
-
-
-def _run_sparse(
-    engine: Engine, arrays: Mapping[str, np.ndarray], params: dict[str, Any], outs: list[Output]
-) -> LossResult:
-    return engine.sparse_softmax_cross_entropy(
-        labels=arrays["labels"],
-        logits=arrays["logits"],
-        grad_loss=arrays.get("grad_loss"),
-        outputs=outs,
-    )
 
 
 def _tensor(name: str, datatype: str, rank: int) -> TensorMetadata:
@@ -92,23 +58,21 @@ def _tensor(name: str, datatype: str, rank: int) -> TensorMetadata:
 
 
 MODELS: dict[str, ModelSpec] = {
-    "softmax_cross_entropy_with_logits": ModelSpec(
+    SOFT_OP: ModelSpec(
         inputs=(
             _tensor("labels", "FP32", 2),
             _tensor("logits", "FP32", 2),
             _tensor("grad_loss", "FP32", 1),
         ),
         outputs=SOFT_OUTPUTS,
-        run=_run_soft,
     ),
-    "sparse_softmax_cross_entropy_with_logits": ModelSpec(
+    SPARSE_OP: ModelSpec(
         inputs=(
             _tensor("labels", "INT64", 1),
             _tensor("logits", "FP32", 2),
             _tensor("grad_loss", "FP32", 1),
         ),
         outputs=SPARSE_OUTPUTS,
-        run=_run_sparse,
     ),
 }
 OUTPUT_RANKS = {"loss": 1, "grad_logits": 2, "grad_labels": 2}
@@ -168,10 +132,8 @@ def infer(
             asked = out.parameters.binary_data if out.parameters else None
             wanted[out.name] = bool(asked if asked is not None else params.binary_data_output)
     names = [o for o in spec.outputs if o in wanted]
-    options = params.model_dump(exclude_none=True)
-    result = metrics.timed_inference(
-        name, engine.providers[0], lambda: spec.run(engine, arrays, options, names)
-    )
+    dim = class_dim(params.dim, params.axis) if name == SOFT_OP else -1
+    result = compute(engine, name, arrays, outputs=names, dim=dim)
     outputs = [v2.OutputTensor(n, a, wanted[n]) for n, a in result.items()]
     return v2.encode_response(model_name=name, request_id=request.id, outputs=outputs)
 
@@ -180,10 +142,11 @@ V2_ERROR_TEXT = {
     400: "Malformed body: bad JSON header, sizes that disagree with the bytes",
     401: "API key missing or wrong",
     404: "Unknown model",
+    408: "Body not received within SCE_BODY_TIMEOUT",
     413: "Body over the configured limit",
     415: "Unsupported Content-Encoding",
     422: "Invalid inputs: names, datatypes, shapes, dim, label range",
-    503: "Not ready",
+    503: "Not ready, over the in-flight bound (Retry-After), or an ONNX Runtime failure",
 }
 
 

@@ -10,6 +10,8 @@ import ml_dtypes
 import numpy as np
 
 Output = Literal["loss", "grad_logits", "grad_labels"]
+SOFT_OP = "softmax_cross_entropy_with_logits"  # the two operations, by their TensorFlow names,
+SPARSE_OP = "sparse_softmax_cross_entropy_with_logits"  # which are also the v2 model names
 MAX_RANK = 32  # numpy allows 64; no loss needs more than a few
 SOFT_OUTPUTS: tuple[Output, ...] = ("loss", "grad_logits", "grad_labels")
 SPARSE_OUTPUTS: tuple[Output, ...] = ("loss", "grad_logits")
