@@ -19,25 +19,36 @@ def _too_large(limit: int) -> PayloadTooLarge:
     return PayloadTooLarge(f"request body is larger than the limit of {limit} bytes")
 
 
-async def _read_raw(request: Request, limit: int) -> bytes | bytearray:
-    """The body as sent. With a Content-Length it is streamed into one preallocated
-    buffer (no ``b"".join`` of chunks, which would hold the body twice)."""
+def _declared_length(request: Request, limit: int) -> int | None:
+    """Content-Length, refused with 413 past `limit` before anything is read."""
     declared = request.headers.get("content-length")
     if declared is None:
-        chunks: list[bytes] = []
-        total = 0
-        async for chunk in request.stream():
-            total += len(chunk)
-            if total > limit:
-                raise _too_large(limit)
-            chunks.append(chunk)
-        return b"".join(chunks)
+        return None
     try:
         size = int(declared)
     except ValueError:
         raise MalformedBody(f"Content-Length {declared[:32]!r} is not a number") from None
     if size > limit:
         raise _too_large(limit)
+    return size
+
+
+async def _chunks(request: Request, limit: int) -> AsyncIterator[bytes]:
+    """The body's chunks as received, refused with 413 once they pass `limit` bytes."""
+    received = 0
+    async for chunk in request.stream():
+        received += len(chunk)
+        if received > limit:
+            raise _too_large(limit)
+        if chunk:
+            yield chunk
+
+
+async def _read_raw(request: Request, size: int | None, limit: int) -> bytes | bytearray:
+    """The body as sent. With a Content-Length it is streamed into one preallocated
+    buffer (no ``b"".join`` of chunks, which would hold the body twice)."""
+    if size is None:
+        return b"".join([chunk async for chunk in _chunks(request, limit)])
     buffer = bytearray(size)
     view = memoryview(buffer)
     filled = 0
@@ -56,18 +67,8 @@ async def _inflate(request: Request, limit: int, encoding: str) -> bytearray:
     """Inflate while reading; past `limit` decompressed bytes it is a 413 at once."""
     out = bytearray()
     inflater: zlib._Decompress | None = None
-
-    async def compressed() -> AsyncIterator[bytes]:
-        received = 0
-        async for chunk in request.stream():
-            received += len(chunk)
-            if received > limit:
-                raise _too_large(limit)
-            if chunk:
-                yield chunk
-
     try:
-        async for chunk in compressed():
+        async for chunk in _chunks(request, limit):
             if inflater is None:
                 if encoding == "gzip":
                     wbits = GZIP_WBITS
@@ -103,13 +104,11 @@ async def read_body(request: Request, limit: int) -> bytes | bytearray:
 
 async def _read(request: Request, limit: int) -> bytes | bytearray:
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
-    if encoding in ("", "identity"):
-        return await _read_raw(request, limit)
-    if encoding not in ("gzip", "deflate"):
+    if encoding not in ("", "identity", "gzip", "deflate"):
         raise UnsupportedMediaType(
             f"Content-Encoding {encoding[:32]!r} is not supported; use gzip, deflate or identity"
         )
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise _too_large(limit)
+    size = _declared_length(request, limit)
+    if encoding in ("", "identity"):
+        return await _read_raw(request, size, limit)
     return await _inflate(request, limit, encoding)
