@@ -123,8 +123,8 @@ def _sum_to_shape(grad: np.ndarray, shape: Shape) -> np.ndarray:
 
 
 # Rows per run are chosen so that each input block is about this size: ONNX Runtime's
-# intermediates (log-softmax, products) then stay block-sized, and hot in cache, instead
-# of costing a full-size buffer each (bench/engine.py measured the choice).
+# intermediates (log-softmax, products) then stay block-sized instead of costing a
+# full-size buffer each. 4 MiB was not tuned: it only has to dwarf the per-run overhead.
 BLOCK_BYTES = 4 << 20
 
 
