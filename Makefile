@@ -63,8 +63,8 @@ audit: $(VENV)/.installed-test
 # Long runs, not part of make test: a 10-minute soak with RSS sampled, 64 clients for
 # 60 s, and the property/schema fuzzers with many more examples.
 soak: $(VENV)/.installed-test
-	$(PY) bench/load.py --clients 64 --duration 60
-	$(PY) bench/load.py --clients 64 --duration 600 --soak
+	$(PY) -m bench.load --clients 64 --duration 60
+	$(PY) -m bench.load --clients 64 --duration 600 --soak
 	HYPOTHESIS_PROFILE=long $(PY) -m pytest -q tests/test_properties.py tests/test_schemathesis.py
 
 clean:

@@ -1,7 +1,7 @@
 """In-process engine figures: time against a memcpy of the inputs, numpy and (if installed)
 PyTorch, for the loss and for loss + both gradients; and accuracy against float64.
 
-    python bench/engine.py [--sizes 32x10 1024x1000 8192x4096 8192x32000 --repeat 5]
+    python -m bench.engine [--sizes 32x10 1024x1000 8192x4096 8192x32000 --repeat 5]
 
 Contenders run interleaved (round-robin), best of `repeat`.
 """

@@ -2,7 +2,7 @@
 for v1 JSON, v2 JSON and v2 binary, next to a bare FastAPI echo endpoint; 1 vs 2 workers;
 and the service against MLServer with the same client (tritonclient, sequential v2 JSON).
 
-    python bench/http.py [--duration 5]        (needs wrk: apt-get install wrk)
+    python -m bench.http [--duration 5]        (needs wrk: apt-get install wrk)
 """
 
 from __future__ import annotations

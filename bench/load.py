@@ -1,7 +1,7 @@
 """Load and soak: many concurrent clients sending mixed good and bad requests (loopback only).
 
-    python bench/load.py --clients 64 --duration 60            # spawns a server, samples its RSS
-    python bench/load.py --clients 64 --duration 600 --soak    # make soak: RSS growth < 10%
+    python -m bench.load --clients 64 --duration 60            # starts a server, samples its RSS
+    python -m bench.load --clients 64 --duration 600 --soak    # make soak: RSS growth < 10%
 
 Good requests must come back 200 with the right loss (checked against numpy); bad ones
 must come back 4xx. A 503 (the server's backpressure) is retried after its Retry-After,
@@ -13,18 +13,17 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import random
 import struct
-import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
 import numpy as np
+
+from bench import servers
 
 SOFT = "/v1/softmax_cross_entropy_with_logits"
 INFER = "/v2/models/softmax_cross_entropy_with_logits/infer"
@@ -232,31 +231,6 @@ async def run(
     return report
 
 
-def spawn(env: dict[str, str] | None = None) -> tuple[subprocess.Popen[bytes], str]:
-    """Start `python -m service` on a free loopback port; return once ready."""
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    log = tempfile.TemporaryFile()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "service", "--port", str(port)],
-        env={**os.environ, "SCE_LOG_LEVEL": "warning", **(env or {})},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    for _ in range(600):
-        try:
-            if httpx.get(url + "/v2/health/ready", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            time.sleep(0.1)
-    proc.kill()
-    raise RuntimeError("server did not start")
-
-
 def table(report: Report, clients: int, duration: float) -> str:
     lines = [
         f"{clients} clients, {duration:g} s: {report.sent} requests "
@@ -284,12 +258,13 @@ def main() -> None:
     parser.add_argument("--duration", type=float, default=60)
     parser.add_argument("--soak", action="store_true", help="also require RSS growth < 10%")
     args = parser.parse_args()
-    proc, url = spawn()
-    try:
-        report = asyncio.run(run(url, args.clients, args.duration, pid=proc.pid))
-    finally:
-        proc.terminate()
-        proc.wait()
+    # The service as users run it (default in-flight bound: 503s and retries are part of
+    # the load), with the access log off so that it does not flood the terminal.
+    port = servers.free_port()
+    command = [sys.executable, "-m", "service", "--port", str(port)]
+    ready = f"http://127.0.0.1:{port}/v2/health/ready"
+    with servers.running(command, ready, {"SCE_LOG_LEVEL": "warning"}) as pid:
+        report = asyncio.run(run(f"http://127.0.0.1:{port}", args.clients, args.duration, pid))
     print(table(report, args.clients, args.duration))
     for error in report.errors[:20]:
         print("error:", error)

@@ -2,7 +2,7 @@
 and JSON, next to curl POSTing the same bytes to a bare FastAPI endpoint (the byte floor);
 and the server's peak RSS per payload (a fresh server per size, VmHWM after the request).
 
-    python bench/transport.py [--sizes 1 4 16 64 256 --repeat 3]
+    python -m bench.transport [--sizes 1 4 16 64 256 --repeat 3]
 
 curl is the client for every row: httpx is itself the bottleneck for big bodies.
 """
