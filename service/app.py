@@ -6,13 +6,13 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI
+from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
 from service import __version__
 from service.api import errors, openapi, ops, v1, v2
-from service.api.deps import require_api_key
+from service.api.auth import ApiKeyMiddleware
 from service.api.limits import InFlightLimit
 from service.api.metrics import ObservabilityMiddleware
 from service.engine.engine import Engine
@@ -58,10 +58,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         settings.max_in_flight, settings.compute_threads or usable_cpus()
     )
     errors.register(app)
-    # Health and metrics stay open for probes and scrapers; the APIs need the key if set.
+    # The inference routes first: routes are matched in order, and they are the hot ones.
+    app.include_router(v1.router)
+    app.include_router(v2.router)
     app.include_router(ops.router)
-    app.include_router(v1.router, dependencies=[Depends(require_api_key)])
-    app.include_router(v2.router, dependencies=[Depends(require_api_key)])
+    if settings.api_key is not None:  # inside CORS, so that preflights need no key
+        app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

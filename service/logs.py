@@ -11,11 +11,12 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
 def log_config(level: str, json: bool) -> dict[str, Any]:
-    """One JSON object per line (python-json-logger), or plain text; uvicorn's own access
-    log is off because `service.access` writes a structured line with the request id."""
+    """One JSON object per line (python-json-logger, orjson backend), or plain text;
+    uvicorn's own access log is off because `service.access` writes a structured line
+    with the request id."""
     formatter: dict[str, Any] = (
         {
-            "()": "pythonjsonlogger.json.JsonFormatter",
+            "()": "pythonjsonlogger.orjson.OrjsonFormatter",  # a third cheaper than json
             "fmt": JSON_FIELDS,
             "rename_fields": {"levelname": "level", "name": "logger", "asctime": "time"},
             # uvicorn adds an ANSI-coloured copy of its message for terminals: not for JSON

@@ -432,6 +432,8 @@ def cases() -> list[Case]:
         Case("st missing logits", SOFT, _st({"labels": a}), 422, "logits", ST),
         Case("st bad outputs query", SOFT + "?outputs=loss,probs", good_st, 422, "outputs", ST),
         Case("st dim not an int", SOFT + "?dim=last", good_st, 422, "dim", ST),
+        Case("st name too long", SOFT + "?name=" + "n" * 257, good_st, 422, "name", ST),
+        Case("sparse with a dim query", SPARSE + "?dim=0", good_st, 422, "no dim", ST),
         # --- v2
         Case("v2 empty body", INFER, b"", 400, "empty"),
         Case("v2 not JSON", INFER, b"\x00garbage", 400, "JSON"),

@@ -41,10 +41,10 @@ def status_of(exc: errors.ServiceError) -> int:
 
 
 def error_response(
-    request: Request, status: int, message: str, headers: Mapping[str, str] | None = None
+    path: str, status: int, message: str, headers: Mapping[str, str] | None = None
 ) -> JSONResponse:
-    """The body each protocol's clients expect."""
-    key = "error" if request.url.path.startswith("/v2") else "detail"
+    """The body each protocol's clients expect, by the request's path."""
+    key = "error" if path.startswith("/v2") else "detail"
     return JSONResponse({key: message}, status_code=status, headers=headers)
 
 
@@ -54,22 +54,22 @@ async def _service_error(request: Request, exc: Exception) -> JSONResponse:
     headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
     if status == 503:
         headers = {"Retry-After": "1"}
-    return error_response(request, status, str(exc), headers)
+    return error_response(request.url.path, status, str(exc), headers)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, RequestValidationError)
-    return error_response(request, 422, describe_validation(exc.errors()))
+    return error_response(request.url.path, 422, describe_validation(exc.errors()))
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    return error_response(request, exc.status_code, str(exc.detail), exc.headers)
+    return error_response(request.url.path, exc.status_code, str(exc.detail), exc.headers)
 
 
 async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return error_response(request, 500, "internal error; the server logged it")
+    return error_response(request.url.path, 500, "internal error; the server logged it")
 
 
 def describe_validation(problems: object) -> str:

@@ -12,6 +12,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable
+from functools import lru_cache
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -66,6 +67,16 @@ def timed_inference(model: str, provider: str, run: Callable[[], LossResult]) ->
     return result
 
 
+@lru_cache(maxsize=1024)  # the labelled children, looked up once rather than per request
+def _request_series(route: str, method: str, status: str) -> tuple[Counter, Histogram]:
+    return REQUESTS.labels(route, method, status), LATENCY.labels(route, method, status)
+
+
+@lru_cache(maxsize=256)
+def _byte_series(route: str) -> tuple[Histogram, Histogram]:
+    return REQUEST_BYTES.labels(route), RESPONSE_BYTES.labels(route)
+
+
 def render() -> tuple[bytes, str]:
     """The exposition text: this process, or every worker in multiprocess mode."""
     if "PROMETHEUS_MULTIPROC_DIR" in os.environ:
@@ -86,8 +97,8 @@ class ObservabilityMiddleware:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        headers = dict(scope.get("headers", []))
-        given = headers.get(b"x-request-id", b"").decode("latin-1")
+        given = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"")
+        given = given.decode("latin-1")
         request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
         state = {"status": 500, "in": 0, "out": 0}
 
@@ -117,10 +128,12 @@ class ObservabilityMiddleware:
             route = getattr(scope.get("route"), "path", "unmatched")
             status = str(state["status"])
             method = scope["method"]
-            REQUESTS.labels(route, method, status).inc()
-            LATENCY.labels(route, method, status).observe(seconds)
-            REQUEST_BYTES.labels(route).observe(state["in"])
-            RESPONSE_BYTES.labels(route).observe(state["out"])
+            count, latency = _request_series(route, method, status)
+            count.inc()
+            latency.observe(seconds)
+            bytes_in, bytes_out = _byte_series(route)
+            bytes_in.observe(state["in"])
+            bytes_out.observe(state["out"])
             if access_log.isEnabledFor(logging.INFO):  # skip building the line
                 access_log.info(
                     "%s %s %s",

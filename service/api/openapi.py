@@ -1,4 +1,5 @@
-"""The OpenAPI document: request models that routes read themselves join the components."""
+"""The OpenAPI document: request models that routes read themselves join the components,
+and the API-key scheme (checked by a middleware, which FastAPI cannot see) is declared."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from fastapi import FastAPI
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
+from service.api import auth
 from service.schemas import InferenceRequest, LossRequest, SparseLossRequest
 
 # Routes that read their raw body (to stream it, inflate it, or take binary) declare
@@ -22,7 +24,8 @@ def ref(model: type[BaseModel]) -> dict[str, str]:
 
 
 def install(app: FastAPI) -> None:
-    """Make `app.openapi()` include REQUEST_MODELS (and what they reference) as components."""
+    """Make `app.openapi()` include REQUEST_MODELS (and what they reference) as components,
+    and the bearer scheme on every protected path."""
     generate = app.openapi
 
     def openapi() -> dict[str, Any]:
@@ -34,6 +37,11 @@ def install(app: FastAPI) -> None:
             components = schema.setdefault("components", {}).setdefault("schemas", {})
             for name, definition in defs.get("$defs", {}).items():
                 components.setdefault(name, definition)
+            schema["components"]["securitySchemes"] = {auth.SCHEME: auth.SECURITY_SCHEME}
+            for path, operations in schema["paths"].items():
+                if auth.protected(path):
+                    for operation in operations.values():
+                        operation["security"] = [{auth.SCHEME: []}]
             app.openapi_schema = schema
         return app.openapi_schema
 

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 
 from service import __version__
 from service.api import openapi
-from service.api.deps import EngineDep, RuntimeDep
+from service.api.deps import EngineDep, runtime
 from service.api.errors import describe_validation
 from service.api.inference import class_dim, compute
 from service.api.limits import process
@@ -231,16 +231,17 @@ def model_ready(model: str, engine: EngineDep) -> ModelReady:
         ],
     },
 )
-async def model_infer(model: str, request: Request, runtime: RuntimeDep) -> Response:
+async def model_infer(model: str, request: Request) -> Response:
     """Loss and gradients; any Content-Type (tritonclient sends none)."""
     spec = _model(model)
+    env = runtime(request)
     header_length = request.headers.get(v2.HEADER_LENGTH)
     chunks, json_length = await process(
         request,
-        runtime.in_flight,
-        max_bytes=runtime.settings.max_request_bytes,
-        body_timeout=runtime.settings.body_timeout,
-        work=lambda body: infer(model, spec, body, header_length, runtime.engine),
+        env.in_flight,
+        max_bytes=env.settings.max_request_bytes,
+        body_timeout=env.settings.body_timeout,
+        work=lambda body: infer(model, spec, body, header_length, env.engine),
     )
     if json_length is None:
         return BuffersResponse(chunks, media_type="application/json")

@@ -40,6 +40,19 @@ def test_api_key_is_required_on_the_apis(keyed: TestClient) -> None:
     assert right.status_code == 200
 
 
+def test_every_api_route_needs_the_key_and_the_spec_says_so(keyed: TestClient) -> None:
+    spec = keyed.app.openapi()  # type: ignore[attr-defined]
+    for path, operations in spec["paths"].items():
+        for method, operation in operations.items():
+            url = path.replace("{model}", "softmax_cross_entropy_with_logits")
+            status = keyed.request(method, url).status_code
+            if path.startswith(("/v1/", "/v2")) and not path.startswith("/v2/health/"):
+                assert status == 401, (method, path)
+                assert operation["security"] == [{"HTTPBearer": []}], (method, path)
+            else:
+                assert status == 200 and "security" not in operation, (method, path)
+
+
 def test_probes_and_metrics_stay_open_with_a_key(keyed: TestClient) -> None:
     assert keyed.get("/v2/health/live").status_code == 200
     assert keyed.get("/v2/health/ready").status_code == 200
