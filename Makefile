@@ -45,7 +45,8 @@ lock: $(VENV)/.installed-test
 	$(PY) requirements/lock.py cpu gpu
 
 # Needs wrk (apt-get install wrk) and curl; PyTorch and MLServer rows appear when
-# `pip install torch` was done in .venv and `make bench-peers` made bench/.venv-mlserver.
+# `pip install torch` was done in .venv and `make bench-peers` made bench/.venv-mlserver
+# and bench/.venv-tf (TensorFlow's pins clash with the service's: its own venv).
 bench: $(VENV)/.installed-test
 	$(PY) -m pip install --quiet -e '.[$(EXTRA),test,dev,bench]'
 	$(PY) -m bench.run
@@ -53,6 +54,8 @@ bench: $(VENV)/.installed-test
 bench-peers:
 	$(PYTHON) -m venv bench/.venv-mlserver
 	bench/.venv-mlserver/bin/pip install --quiet mlserver==1.7.1
+	$(PYTHON) -m venv bench/.venv-tf
+	bench/.venv-tf/bin/pip install --quiet tensorflow-cpu==2.21.0
 
 # pip-audit over the hashed locks; --strict fails when a package could not be checked.
 # Needs PyPI's per-release JSON API or OSV (not reachable from the build machine here).

@@ -1,5 +1,6 @@
-"""In-process engine figures: time against a memcpy of the inputs, numpy and (if installed)
-PyTorch, for the loss and for loss + both gradients; and accuracy against float64.
+"""In-process engine figures: time against a memcpy of the inputs, numpy, and where
+installed PyTorch (in .venv) and TensorFlow (bench/.venv-tf, `make bench-peers`), for the
+loss and for loss + both gradients; and accuracy against float64.
 
     python -m bench.engine [--sizes 32x10 1024x1000 8192x4096 8192x32000 --repeat 5]
 
@@ -10,8 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
 
 import numpy as np
 
@@ -19,6 +25,14 @@ from service.engine.engine import Engine
 from tests.reference import NUMPY, random_distribution, softmax_xent
 
 EVERYTHING = ["loss", "grad_logits", "grad_labels"]
+TF_PYTHON = Path(__file__).resolve().parent / ".venv-tf" / "bin" / "python"
+
+
+@dataclass(frozen=True)
+class SelfTimed:
+    """A contender in another process reports its own time, without the round trip."""
+
+    seconds: float
 
 
 def numpy_loss(labels: np.ndarray, logits: np.ndarray) -> np.ndarray:
@@ -54,6 +68,48 @@ def torch_contenders(labels: np.ndarray, logits: np.ndarray) -> dict[str, Callab
     return {"PyTorch loss": loss, "PyTorch loss + grads": loss_and_grads}
 
 
+class TensorFlow:
+    """bench/tf_worker.py in bench/.venv-tf, one process for the whole run."""
+
+    def __init__(self, proc: subprocess.Popen[str]) -> None:
+        self.proc = proc
+
+    def _ask(self, command: dict[str, object]) -> object:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        self.proc.stdin.write(json.dumps(command) + "\n")
+        self.proc.stdin.flush()
+        return json.loads(self.proc.stdout.readline())
+
+    def _run(self, run: str) -> SelfTimed:
+        return SelfTimed(float(self._ask({"run": run})))  # type: ignore[arg-type]
+
+    def contenders(self, shape: tuple[int, int]) -> dict[str, Callable[[], object]]:
+        self._ask({"size": list(shape)})
+        return {f"TensorFlow {run}": partial(self._run, run) for run in ("loss", "loss + grads")}
+
+
+@contextmanager
+def tensorflow() -> Iterator[TensorFlow | None]:
+    """The TensorFlow worker, or None when bench/.venv-tf does not exist."""
+    if not TF_PYTHON.exists():
+        yield None
+        return
+    worker = Path(__file__).with_name("tf_worker.py")
+    proc = subprocess.Popen(
+        [str(TF_PYTHON), "-P", str(worker)],  # -P: bench/http.py must not shadow http
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={"TF_CPP_MIN_LOG_LEVEL": "3", "PATH": "/usr/bin:/bin"},
+    )
+    try:
+        yield TensorFlow(proc)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
 def interleaved(contenders: dict[str, Callable[[], object]], repeat: int) -> dict[str, float]:
     best = dict.fromkeys(contenders, float("inf"))
     for fn in contenders.values():
@@ -61,8 +117,9 @@ def interleaved(contenders: dict[str, Callable[[], object]], repeat: int) -> dic
     for _ in range(repeat):
         for name, fn in contenders.items():
             start = time.perf_counter()
-            fn()
-            best[name] = min(best[name], time.perf_counter() - start)
+            result = fn()
+            took = result.seconds if isinstance(result, SelfTimed) else time.perf_counter() - start
+            best[name] = min(best[name], took)
     return best
 
 
@@ -85,12 +142,16 @@ def measure(sizes: list[tuple[int, int]], repeat: int) -> list[dict[str, object]
     engine = Engine()
     rng = np.random.default_rng(0)
     rows = []
-    for n, c in sizes:
-        labels = random_distribution(rng, (n, c), -1).astype(np.float32)
-        logits = rng.standard_normal((n, c), dtype=np.float32)
-        rounds = repeat if n * c < 1 << 26 else max(2, repeat // 2)
-        times = interleaved(contenders(engine, labels, logits), rounds)
-        rows.extend({"size": f"{n}x{c}", "contender": k, "seconds": v} for k, v in times.items())
+    with tensorflow() as tf:
+        for n, c in sizes:
+            labels = random_distribution(rng, (n, c), -1).astype(np.float32)
+            logits = rng.standard_normal((n, c), dtype=np.float32)
+            rounds = repeat if n * c < 1 << 26 else max(2, repeat // 2)
+            others = tf.contenders((n, c)) if tf is not None else {}
+            times = interleaved({**contenders(engine, labels, logits), **others}, rounds)
+            rows.extend(
+                {"size": f"{n}x{c}", "contender": k, "seconds": v} for k, v in times.items()
+            )
     return rows
 
 

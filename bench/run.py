@@ -44,6 +44,17 @@ def _engine_section(rows: list[dict], accuracy: list[dict]) -> list[str]:
             "engine loss + grads",
             1,
         ),
+        "TensorFlow loss / engine loss": ("TensorFlow loss", "engine loss", 1),
+        "TensorFlow loss+grads / engine loss+grads": (
+            "TensorFlow loss + grads",
+            "engine loss + grads",
+            1,
+        ),
+        "TensorFlow loss+grads / TensorFlow loss": (
+            "TensorFlow loss + grads",
+            "TensorFlow loss",
+            1,
+        ),
     }
     for label, (a, b, k) in ratios.items():
         if any((s, a) in get for s in sizes):

@@ -21,13 +21,14 @@ from service.api.deps import runtime
 from service.api.errors import describe_validation
 from service.api.inference import class_dim, compute
 from service.api.limits import process
+from service.api.routing import DirectRoute
 from service.codecs import json_tensor, safetensors
 from service.engine.engine import Engine, LossResult
 from service.engine.types import SOFT_OP, SPARSE_OP, DType
 from service.errors import InvalidArgument, MalformedBody, UnsupportedMediaType
 from service.schemas import ErrorDetail, LossRequest, LossResponse, SparseLossRequest
 
-router = APIRouter(prefix="/v1", tags=["native"])
+router = APIRouter(prefix="/v1", tags=["native"], route_class=DirectRoute)
 
 JSON = "application/json"
 SAFETENSORS = safetensors.MEDIA_TYPE

@@ -20,6 +20,7 @@ from service.api.errors import describe_validation
 from service.api.inference import class_dim, compute
 from service.api.limits import process
 from service.api.responses import BuffersResponse
+from service.api.routing import DirectRoute
 from service.codecs import v2
 from service.engine.engine import Engine
 from service.engine.types import SOFT_OP, SOFT_OUTPUTS, SPARSE_OP, SPARSE_OUTPUTS, Output
@@ -199,8 +200,33 @@ def model_ready(model: str, engine: EngineDep) -> ModelReady:
     return ModelReady(name=model, ready=True)
 
 
-@router.post(
+async def model_infer(request: Request) -> Response:
+    """Loss and gradients; any Content-Type (tritonclient sends none)."""
+    model: str = request.path_params["model"]
+    spec = _model(model)
+    env = runtime(request)
+    header_length = request.headers.get(v2.HEADER_LENGTH)
+    chunks, json_length = await process(
+        request,
+        env.in_flight,
+        max_bytes=env.settings.max_request_bytes,
+        body_timeout=env.settings.body_timeout,
+        work=lambda body: infer(model, spec, body, header_length, env.engine),
+    )
+    if json_length is None:
+        return BuffersResponse(chunks, media_type="application/json")
+    return BuffersResponse(
+        chunks,
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(json_length)},
+    )
+
+
+router.add_api_route(
     "/models/{model}/infer",
+    model_infer,
+    methods=["POST"],
+    route_class_override=DirectRoute,
     operation_id="model_infer",
     summary="Inference (JSON, or JSON header + binary tensors)",
     response_model=InferenceResponse,
@@ -221,32 +247,14 @@ def model_ready(model: str, engine: EngineDep) -> ModelReady:
             },
         },
         "parameters": [
+            {"name": "model", "in": "path", "required": True, "schema": {"type": "string"}},
             {
                 "name": "Inference-Header-Content-Length",
                 "in": "header",
                 "required": False,
                 "schema": {"type": "integer", "minimum": 0},
                 "description": "Length of the JSON header when binary tensors follow it.",
-            }
+            },
         ],
     },
 )
-async def model_infer(model: str, request: Request) -> Response:
-    """Loss and gradients; any Content-Type (tritonclient sends none)."""
-    spec = _model(model)
-    env = runtime(request)
-    header_length = request.headers.get(v2.HEADER_LENGTH)
-    chunks, json_length = await process(
-        request,
-        env.in_flight,
-        max_bytes=env.settings.max_request_bytes,
-        body_timeout=env.settings.body_timeout,
-        work=lambda body: infer(model, spec, body, header_length, env.engine),
-    )
-    if json_length is None:
-        return BuffersResponse(chunks, media_type="application/json")
-    return BuffersResponse(
-        chunks,
-        media_type="application/octet-stream",
-        headers={"Inference-Header-Content-Length": str(json_length)},
-    )

@@ -200,3 +200,13 @@ def test_server_and_model_metadata(client: TestClient) -> None:
     model = client.get("/v2/models/sparse_softmax_cross_entropy_with_logits").json()
     assert [t["name"] for t in model["outputs"]] == ["loss", "grad_logits"]
     assert client.get("/v2/models/softmax_cross_entropy_with_logits/ready").json()["ready"]
+
+
+def test_inference_routes_answer_other_methods_with_405(client: TestClient) -> None:
+    for path in (
+        "/v1/softmax_cross_entropy_with_logits",
+        "/v1/sparse_softmax_cross_entropy_with_logits",
+        "/v2/models/softmax_cross_entropy_with_logits/infer",
+    ):
+        response = client.get(path)
+        assert response.status_code == 405 and response.headers["allow"] == "POST", path
