@@ -75,7 +75,7 @@ def wrk(
         script = Path(tmp) / "post.lua"
         script.write_text(LUA.format(body=Path(tmp) / "body", headers=lines))
         out = subprocess.run(
-            ["wrk", "-t", str(min(2, connections)), "-c", str(connections),
+            ["wrk", "-t", "1", "-c", str(connections),
              "-d", f"{round(seconds)}s", "--latency", "-s", str(script), url],
             check=True, capture_output=True, text=True,
         ).stdout  # fmt: skip

@@ -59,6 +59,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     errors.register(app)
     # The inference routes first: routes are matched in order, and they are the hot ones.
+    app.include_router(v2.inference)
     app.include_router(v1.router)
     app.include_router(v2.router)
     app.include_router(ops.router)

@@ -37,6 +37,8 @@ from service.schemas import (
 )
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol"])
+# The infer route on its own router, served directly (service/api/routing.py)
+inference = APIRouter(prefix="/v2", tags=["open inference protocol"], route_class=DirectRoute)
 
 SERVER_NAME = "softmax-cross-entropy-service"
 EXTENSIONS = ["binary_tensor_data", "parameters"]
@@ -200,33 +202,8 @@ def model_ready(model: str, engine: EngineDep) -> ModelReady:
     return ModelReady(name=model, ready=True)
 
 
-async def model_infer(request: Request) -> Response:
-    """Loss and gradients; any Content-Type (tritonclient sends none)."""
-    model: str = request.path_params["model"]
-    spec = _model(model)
-    env = runtime(request)
-    header_length = request.headers.get(v2.HEADER_LENGTH)
-    chunks, json_length = await process(
-        request,
-        env.in_flight,
-        max_bytes=env.settings.max_request_bytes,
-        body_timeout=env.settings.body_timeout,
-        work=lambda body: infer(model, spec, body, header_length, env.engine),
-    )
-    if json_length is None:
-        return BuffersResponse(chunks, media_type="application/json")
-    return BuffersResponse(
-        chunks,
-        media_type="application/octet-stream",
-        headers={"Inference-Header-Content-Length": str(json_length)},
-    )
-
-
-router.add_api_route(
+@inference.post(
     "/models/{model}/infer",
-    model_infer,
-    methods=["POST"],
-    route_class_override=DirectRoute,
     operation_id="model_infer",
     summary="Inference (JSON, or JSON header + binary tensors)",
     response_model=InferenceResponse,
@@ -258,3 +235,23 @@ router.add_api_route(
         ],
     },
 )
+async def model_infer(request: Request) -> Response:
+    """Loss and gradients; any Content-Type (tritonclient sends none)."""
+    model: str = request.path_params["model"]
+    spec = _model(model)
+    env = runtime(request)
+    header_length = request.headers.get(v2.HEADER_LENGTH)
+    chunks, json_length = await process(
+        request,
+        env.in_flight,
+        max_bytes=env.settings.max_request_bytes,
+        body_timeout=env.settings.body_timeout,
+        work=lambda body: infer(model, spec, body, header_length, env.engine),
+    )
+    if json_length is None:
+        return BuffersResponse(chunks, media_type="application/json")
+    return BuffersResponse(
+        chunks,
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(json_length)},
+    )
