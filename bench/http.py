@@ -25,6 +25,9 @@ wrk.body = io.open("{body}", "rb"):read("*a")
 """
 
 
+QUIET = "v1 JSON, SCE_ACCESS_LOG=false"
+
+
 def payloads(rows: int = 32, classes: int = 10) -> dict[str, tuple[str, bytes, dict[str, str]]]:
     rng = np.random.default_rng(0)
     x = rng.standard_normal((rows, classes)).astype(np.float32)
@@ -93,14 +96,26 @@ def wrk(
 
 
 def small_requests(seconds: float) -> list[dict[str, object]]:
+    """Every path at each concurrency, interleaved, next to the bare endpoint; v1 JSON also
+    without access log lines (the bare endpoint writes none)."""
     rows = []
-    sport, bport = servers.free_port(), servers.free_port()
+    sport, qport, bport = servers.free_port(), servers.free_port(), servers.free_port()
     command, ready, env = servers.service(sport)
+    qcommand, qready, qenv = servers.service(qport, SCE_ACCESS_LOG="false")
     bcommand, bready, _ = servers.bare(bport)
-    with servers.running(command, ready, env), servers.running(bcommand, bready):
+    paths = payloads()
+    bare = paths.pop("bare FastAPI echo")
+    paths[QUIET] = paths["v1 JSON"]
+    paths["bare FastAPI echo"] = bare
+    ports = {QUIET: qport, "bare FastAPI echo": bport}
+    with (
+        servers.running(command, ready, env),
+        servers.running(qcommand, qready, qenv),
+        servers.running(bcommand, bready),
+    ):
         for concurrency in (1, 8, 64):
-            for name, (path, body, headers) in payloads().items():  # interleaved per level
-                port = bport if name.startswith("bare") else sport
+            for name, (path, body, headers) in paths.items():  # interleaved per level
+                port = ports.get(name, sport)
                 result = wrk(f"http://127.0.0.1:{port}{path}", body, headers, concurrency, seconds)
                 rows.append({"path": name, "concurrency": concurrency, **result})
     return rows
@@ -144,8 +159,8 @@ def tritonclient_rate(port: int, seconds: float) -> float:
     return count / (time.perf_counter() - start)
 
 
-def tritonclient_large(port: int, mib: int, binary: bool) -> float:
-    """Seconds for one tritonclient request of 2 x `mib` MiB FP32 (best of 2)."""
+def tritonclient_large(port: int, mib: int, binary: bool, repeat: int = 2) -> float:
+    """Seconds for one tritonclient request of 2 x `mib` MiB FP32 (best of `repeat`)."""
     import tritonclient.http as triton
 
     rows, classes = mib * 2**20 // 4 // 1024, 1024
@@ -159,21 +174,22 @@ def tritonclient_large(port: int, mib: int, binary: bool) -> float:
     inputs[1].set_data_from_numpy(x, binary_data=binary)
     outputs = [triton.InferRequestedOutput("loss", binary_data=binary)]
     best = float("inf")
-    for _ in range(2):
+    for _ in range(repeat):
         start = time.perf_counter()
         client.infer("softmax_cross_entropy_with_logits", inputs, outputs=outputs)
         best = min(best, time.perf_counter() - start)
     return best
 
 
-def peers(seconds: float, large_mib: int = 32) -> dict[str, float] | None:
+def peers(seconds: float, large_mib: int = 128) -> dict[str, float] | None:
     """The service against MLServer, same clients: tritonclient (small, sequential, and
-    2 x `large_mib` MiB; MLServer refuses the binary extension) and wrk (v2 JSON, 8 conns)."""
+    2 x `large_mib` MiB; MLServer refuses the binary extension) and wrk (v2 JSON, 8 conns).
+    Neither writes access logs (MLServer's are off outside its debug mode)."""
     mport, sport = servers.free_port(), servers.free_port()
     spec = servers.mlserver(mport)
     if spec is None:
         return None
-    command, ready, env = servers.service(sport)
+    command, ready, env = servers.service(sport, SCE_ACCESS_LOG="false")
     path, body, headers = payloads()["v2 JSON"]
     with servers.running(*spec), servers.running(command, ready, env):
         return {
@@ -185,7 +201,10 @@ def peers(seconds: float, large_mib: int = 32) -> dict[str, float] | None:
             "wrk rps, service": wrk(f"http://127.0.0.1:{sport}{path}", body, headers, 8, seconds)[
                 "rps"
             ],
-            f"2x{large_mib} MiB s, MLServer (JSON)": tritonclient_large(mport, large_mib, False),
+            # one MLServer run: it takes a minute and several GiB
+            f"2x{large_mib} MiB s, MLServer (JSON)": tritonclient_large(
+                mport, large_mib, False, repeat=1
+            ),
             f"2x{large_mib} MiB s, service (binary)": tritonclient_large(sport, large_mib, True),
         }
 

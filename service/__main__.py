@@ -40,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         port=settings.port,
         workers=settings.workers,
         log_level=settings.log_level,
-        log_config=log_config(settings.log_level, settings.log_json),
+        log_config=log_config(settings.log_level, settings.log_json, settings.access_log),
         access_log=False,
         timeout_graceful_shutdown=30,
     )

@@ -10,13 +10,13 @@ JSON_FIELDS = "%(asctime)s %(levelname)s %(name)s %(message)s"
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
 
 
-def log_config(level: str, json: bool) -> dict[str, Any]:
+def log_config(level: str, json: bool, access: bool = True) -> dict[str, Any]:
     """One JSON object per line (python-json-logger, orjson backend), or plain text;
     uvicorn's own access log is off because `service.access` writes a structured line
-    with the request id."""
+    with the request id (unless `access` is false)."""
     formatter: dict[str, Any] = (
         {
-            "()": "pythonjsonlogger.orjson.OrjsonFormatter",  # a third cheaper than json
+            "()": "pythonjsonlogger.orjson.OrjsonFormatter",  # cheaper a line than json
             "fmt": JSON_FIELDS,
             "rename_fields": {"levelname": "level", "name": "logger", "asctime": "time"},
             # uvicorn adds an ANSI-coloured copy of its message for terminals: not for JSON
@@ -40,5 +40,6 @@ def log_config(level: str, json: bool) -> dict[str, Any]:
             "": {"handlers": ["default"], "level": level.upper()},
             "uvicorn": {"handlers": [], "level": level.upper(), "propagate": True},
             "uvicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
+            "service.access": {"level": "NOTSET" if access else "WARNING"},
         },
     }

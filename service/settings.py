@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     """Log level for the service and uvicorn."""
     log_json: bool = True
     """Structured JSON logs (one object per line); false for plain text."""
+    access_log: bool = True
+    """One log line per request (at info); false drops them, for ~15% more small-request
+    throughput where an ingress or mesh logs requests already."""
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     """Origins allowed by CORS, comma-separated; empty (the default): CORS off."""
 

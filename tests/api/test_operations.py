@@ -157,3 +157,22 @@ def test_cgroup_cpu_quota(tmp_path: Path, files: dict[str, str], limit: float | 
 def test_thread_count_follows_the_quota_not_the_host(tmp_path: Path) -> None:
     (tmp_path / "cpu.max").write_text("50000 100000\n")  # half a CPU
     assert usable_cpus(tmp_path) == 1
+
+
+def test_access_log_setting_turns_only_the_access_lines_off() -> None:
+    import logging.config
+
+    from service.logs import log_config
+
+    access, root = logging.getLogger("service.access"), logging.getLogger()
+    saved = access.level, root.level, root.handlers[:]
+    try:
+        logging.config.dictConfig(log_config("info", True, access=False))
+        assert not access.isEnabledFor(logging.INFO)
+        assert logging.getLogger("service").isEnabledFor(logging.INFO)
+        logging.config.dictConfig(log_config("info", True))
+        assert access.isEnabledFor(logging.INFO)
+    finally:
+        access.setLevel(saved[0])
+        root.setLevel(saved[1])
+        root.handlers[:] = saved[2]
