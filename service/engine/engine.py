@@ -10,6 +10,7 @@ import logging
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cache
 
 import numpy as np
 
@@ -98,6 +99,12 @@ def _layout(
     cannot be collapsed and is materialised, and so are logits broadcast along the class
     dimension, since the softmax must see every class.
     """
+    if array.shape == full:  # the common case, and no broadcast group to keep
+        return np.ascontiguousarray(array).reshape(
+            (math.prod(full[:dim]), full[dim])
+            if rows
+            else (math.prod(full[:dim]), full[dim], math.prod(full[dim + 1 :]))
+        )
     padded = (1,) * (len(full) - array.ndim) + array.shape
     outer = _group(padded[:dim], full[:dim])
     inner = _group(padded[dim + 1 :], full[dim + 1 :])
@@ -111,6 +118,14 @@ def _layout(
     view = np.ascontiguousarray(array)
     shape = (outer, padded[dim]) if rows else (outer, padded[dim], inner)
     return view.reshape(shape)
+
+
+@cache
+def _unit_grad_loss(dtype: np.dtype[np.generic], rank: int) -> np.ndarray:
+    """The grad_loss of a call that gives none: ones, one shared read-only array."""
+    ones = np.ones((1,) * rank, dtype)
+    ones.flags.writeable = False
+    return ones
 
 
 def _sum_to_shape(grad: np.ndarray, shape: Shape) -> np.ndarray:
@@ -139,11 +154,11 @@ def _run_in_row_blocks(
     Arrays whose leading axis is 1 are broadcast along it and go whole to every block.
     Slices of C-contiguous arrays along axis 0 are contiguous: no copies.
     """
-    row_bytes = max(a.nbytes // rows for a in feeds.values() if a.shape[0] == rows)
-    step = max(1, BLOCK_BYTES // max(row_bytes, 1))
-    if rows <= 1 or step >= rows:
+    if rows <= 1 or max(a.nbytes for a in feeds.values()) <= BLOCK_BYTES:
         sessions.run_bound(session, feeds, values)
         return
+    row_bytes = max(a.nbytes // rows for a in feeds.values() if a.shape[0] == rows)
+    step = max(1, BLOCK_BYTES // max(row_bytes, 1))
     for start in range(0, rows, step):
         block = slice(start, min(rows, start + step))
 
@@ -215,7 +230,11 @@ class Engine:
             if array.ndim == 0:
                 raise ShapeMismatch(f"{name} must have rank >= 1; got a scalar")
         try:
-            full: Shape = np.broadcast_shapes(labels.shape, logits.shape)
+            full: Shape = (
+                logits.shape
+                if labels.shape == logits.shape
+                else np.broadcast_shapes(labels.shape, logits.shape)
+            )
         except ValueError:
             raise ShapeMismatch(
                 f"labels shape {_shape_text(labels.shape)} and logits shape "
@@ -262,7 +281,7 @@ class Engine:
         }
         if wants_grad:
             if grad_loss is None:
-                feeds["grad_loss"] = np.ones((1,) * (2 if rows else 3), compute.numpy)
+                feeds["grad_loss"] = _unit_grad_loss(compute.numpy, 2 if rows else 3)
             else:
                 gl = np.ascontiguousarray(grad_loss.astype(compute.numpy, copy=False))
                 feeds["grad_loss"] = gl.reshape((outer, 1) if rows else (outer, 1, -1))
@@ -270,8 +289,10 @@ class Engine:
         layout = (outer, full[dim]) if rows else (outer, full[dim], math.prod(full[dim + 1 :]))
         shapes = {"loss": layout[:1] + layout[2:], "grad_logits": layout}
         if "grad_labels" in wanted:  # -grad_loss * log_softmax(logits): labels play no part
-            shapes["grad_labels"] = np.broadcast_shapes(
-                feeds["logits"].shape, feeds["grad_loss"].shape
+            shapes["grad_labels"] = (
+                layout
+                if feeds["logits"].shape == layout
+                else np.broadcast_shapes(feeds["logits"].shape, feeds["grad_loss"].shape)
             )
         values: dict[str, np.ndarray] = {n: np.empty(shapes[n], compute.numpy) for n in wanted}
         _run_in_row_blocks(session, feeds, values, outer)
@@ -281,7 +302,10 @@ class Engine:
             result["loss"] = values["loss"].reshape(loss_shape).astype(dtype.numpy, copy=False)
         for name, shape in (("grad_logits", logits.shape), ("grad_labels", labels.shape)):
             if name in values:
-                grad = np.broadcast_to(values[name], layout).reshape(full)
+                grad = values[name]
+                if grad.shape != layout:  # computed for a broadcast input's size-1 groups
+                    grad = np.broadcast_to(grad, layout)
+                grad = grad.reshape(full)
                 grad = _sum_to_shape(grad, shape)
                 result[name] = grad.astype(dtype.numpy, copy=False)
         return LossResult(dtype=dtype, **result)
