@@ -41,6 +41,10 @@ def main(argv: Sequence[str] | None = None) -> None:
         workers=settings.workers,
         log_level=settings.log_level,
         log_config=log_config(settings.log_level, settings.log_json, settings.access_log),
+        # asyncio's loop rather than uvloop: at 64 connections on 2 CPUs uvloop left some
+        # connections waiting (p99 450-680 ms against 62 ms) for 0-30% more req/s.
+        loop="asyncio",
+        http="httptools",
         access_log=False,
         timeout_graceful_shutdown=30,
     )
