@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -74,14 +75,14 @@ class TensorFlow:
     def __init__(self, proc: subprocess.Popen[str]) -> None:
         self.proc = proc
 
-    def _ask(self, command: dict[str, object]) -> object:
+    def _ask(self, command: dict[str, object]) -> Any:
         assert self.proc.stdin is not None and self.proc.stdout is not None
         self.proc.stdin.write(json.dumps(command) + "\n")
         self.proc.stdin.flush()
         return json.loads(self.proc.stdout.readline())
 
     def _run(self, run: str) -> SelfTimed:
-        return SelfTimed(float(self._ask({"run": run})))  # type: ignore[arg-type]
+        return SelfTimed(float(self._ask({"run": run})))
 
     def contenders(self, shape: tuple[int, int]) -> dict[str, Callable[[], object]]:
         self._ask({"size": list(shape)})

@@ -4,7 +4,6 @@ ServiceError
 ├── MalformedBody            the bytes cannot be read (bad JSON, truncated binary)
 ├── PayloadTooLarge          body (or its decompressed form) over the configured limit
 ├── UnsupportedMediaType     a Content-Type or Content-Encoding we do not speak
-├── Unauthorized             API key missing or wrong
 ├── ModelNotFound            unknown model name
 ├── NotReady                 sessions not built yet, or shutting down
 ├── Overloaded               the in-flight bound is reached (503 + Retry-After)
@@ -33,10 +32,6 @@ class PayloadTooLarge(ServiceError):
 
 
 class UnsupportedMediaType(ServiceError):
-    pass
-
-
-class Unauthorized(ServiceError):
     pass
 
 

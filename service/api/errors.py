@@ -20,7 +20,6 @@ log = logging.getLogger(__name__)
 
 STATUS: dict[type[errors.ServiceError], int] = {
     errors.MalformedBody: 400,
-    errors.Unauthorized: 401,
     errors.ModelNotFound: 404,
     errors.RequestTimeout: 408,
     errors.PayloadTooLarge: 413,
@@ -51,9 +50,7 @@ def error_response(
 async def _service_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, errors.ServiceError)
     status = status_of(exc)
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    if status == 503:
-        headers = {"Retry-After": "1"}
+    headers = {"Retry-After": "1"} if status == 503 else None
     return error_response(request.url.path, status, str(exc), headers)
 
 

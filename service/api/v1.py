@@ -173,7 +173,7 @@ def _sparse_from_json(body: bytes | bytearray) -> Call:
     return Call(arrays, list(args.outputs), args.name)
 
 
-def _from_safetensors(body: bytes | bytearray, query: QueryArguments, *, sparse: bool) -> Call:
+def _from_safetensors(body: bytes | bytearray, query: QueryArguments) -> Call:
     arrays = safetensors.decode(body)
     unknown = sorted(set(arrays) - {"labels", "logits", "grad_loss"})
     if unknown:
@@ -211,7 +211,7 @@ def _handle(
 ) -> bytes:
     """Decode, compute, encode: the blocking part of a request, run off the event loop."""
     if media_type == SAFETENSORS:
-        call = _from_safetensors(body, query, sparse=sparse)
+        call = _from_safetensors(body, query)
     else:
         if query.given():
             raise InvalidArgument(
