@@ -87,7 +87,8 @@ def _small_section(
     out += [f"| {k} | {v:.0f} |" for k, v in workers.items()]
     w = list(workers.values())
     out += ["", f"2 workers / 1 worker: **{w[1] / w[0]:.2f}x**"]
-    out += ["", "## (d) MLServer 1.7.1 (numpy custom runtime), same clients", ""]
+    out += ["", "## (d) MLServer 1.7.1 (numpy custom runtime), same clients, "
+            "neither writing access logs", ""]  # fmt: skip
     if peers is None:
         out.append("Not run: bench/.venv-mlserver is missing (see `make bench-peers`).")
     else:
