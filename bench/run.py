@@ -126,20 +126,24 @@ def plot(small: list[dict], payloads: list[dict]) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(12, 4.5))
+    fig, (speed, latency, small_p99) = plt.subplots(1, 3, figsize=(17, 4.5))
     for name in dict.fromkeys(r["path"] for r in payloads):
         pts = [r for r in payloads if r["path"] == name]
-        left.plot([r["payload_mib"] for r in pts], [r["payload_mib"] / r["seconds"] for r in pts],
-                  marker="o", label=name)  # fmt: skip
-    left.set(xscale="log", yscale="log", xlabel="payload MiB (2 tensors)",
-             ylabel="MiB/s of payload", title="Throughput vs payload size (curl)")  # fmt: skip
-    left.legend()
+        sizes = [r["payload_mib"] for r in pts]
+        speed.plot(sizes, [r["payload_mib"] / r["seconds"] for r in pts], marker="o", label=name)
+        latency.plot(sizes, [r["seconds"] for r in pts], marker="o", label=name)
+    speed.set(xscale="log", yscale="log", xlabel="payload MiB (2 tensors)",
+              ylabel="MiB/s of payload", title="Throughput vs payload size (curl)")  # fmt: skip
+    latency.set(xscale="log", yscale="log", xlabel="payload MiB (2 tensors)",
+                ylabel="seconds per request", title="Latency vs payload size (curl)")  # fmt: skip
     for name in dict.fromkeys(r["path"] for r in small):
         pts = [r for r in small if r["path"] == name]
-        right.plot([r["concurrency"] for r in pts], [r["p99"] for r in pts], marker="o", label=name)
-    right.set(xscale="log", yscale="log", xlabel="concurrent connections", ylabel="p99 latency ms",
-              title="Small requests (32 x 10): p99 latency (wrk)")  # fmt: skip
-    right.legend()
+        small_p99.plot([r["concurrency"] for r in pts], [r["p99"] for r in pts], marker="o",
+                       label=name)  # fmt: skip
+    small_p99.set(xscale="log", yscale="log", xlabel="concurrent connections",
+                  ylabel="p99 latency ms", title="Small requests (32 x 10): p99 (wrk)")  # fmt: skip
+    for axes in (speed, latency, small_p99):
+        axes.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(PLOT, dpi=110)
 
