@@ -26,6 +26,7 @@ wrk.body = io.open("{body}", "rb"):read("*a")
 
 
 QUIET = "v1 JSON, SCE_ACCESS_LOG=false"
+ASYNCIO = "v1 JSON, SCE_LOOP=asyncio"
 
 
 def payloads(rows: int = 32, classes: int = 10) -> dict[str, tuple[str, bytes, dict[str, str]]]:
@@ -97,21 +98,19 @@ def wrk(
 
 def small_requests(seconds: float) -> list[dict[str, object]]:
     """Every path at each concurrency, interleaved, next to the bare endpoint; v1 JSON also
-    without access log lines (the bare endpoint writes none)."""
+    without access log lines (the bare endpoint writes none), and on asyncio's loop."""
     rows = []
-    sport, qport, bport = servers.free_port(), servers.free_port(), servers.free_port()
-    command, ready, env = servers.service(sport)
-    qcommand, qready, qenv = servers.service(qport, SCE_ACCESS_LOG="false")
-    bcommand, bready, _ = servers.bare(bport)
+    sport, bport = servers.free_port(), servers.free_port()
+    ports = {QUIET: servers.free_port(), ASYNCIO: servers.free_port(), "bare FastAPI echo": bport}
     paths = payloads()
     bare = paths.pop("bare FastAPI echo")
-    paths[QUIET] = paths["v1 JSON"]
+    paths[QUIET] = paths[ASYNCIO] = paths["v1 JSON"]
     paths["bare FastAPI echo"] = bare
-    ports = {QUIET: qport, "bare FastAPI echo": bport}
     with (
-        servers.running(command, ready, env),
-        servers.running(qcommand, qready, qenv),
-        servers.running(bcommand, bready),
+        servers.running(*servers.service(sport)),
+        servers.running(*servers.service(ports[QUIET], SCE_ACCESS_LOG="false")),
+        servers.running(*servers.service(ports[ASYNCIO], SCE_LOOP="asyncio")),
+        servers.running(*servers.bare(bport)),
     ):
         for concurrency in (1, 8, 64):
             for name, (path, body, headers) in paths.items():  # interleaved per level

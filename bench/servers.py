@@ -74,11 +74,12 @@ def service(port: int, workers: int = 1, **env: str) -> tuple[list[str], str, di
 
 
 def bare(port: int) -> tuple[list[str], str, dict[str, str]]:
-    """Bare FastAPI under uvicorn with the service's loop/http choices (asyncio, httptools)."""
+    """Bare FastAPI under uvicorn with the service's default loop and parser (uvloop,
+    httptools)."""
     command = [
         sys.executable, "-m", "uvicorn", "--app-dir", str(ROOT / "bench"), "bare_app:app",
         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-        "--loop", "asyncio", "--http", "httptools",
+        "--loop", "uvloop", "--http", "httptools",
     ]  # fmt: skip
     return command, f"http://127.0.0.1:{port}/docs", {}
 

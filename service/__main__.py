@@ -41,11 +41,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         workers=settings.workers,
         log_level=settings.log_level,
         log_config=log_config(settings.log_level, settings.log_json, settings.access_log),
-        # One worker: asyncio's loop, since uvloop left some of 64 connections waiting on
-        # 2 CPUs (p99 450-680 ms against 62 ms, for 0-30% more req/s). Several: uvloop,
-        # since asyncio's accept loop hands one worker every connection of a burst
-        # (2 workers: 1246 req/s against 2139).
-        loop="asyncio" if settings.workers == 1 else "uvloop",
+        loop=settings.loop,
         http="httptools",
         access_log=False,
         timeout_graceful_shutdown=30,

@@ -52,10 +52,13 @@ def test_bad_requests_leave_the_server_serving(server_url: str) -> None:
 def test_console_script_starts_the_server() -> None:
     script = shutil.which("sce-serve", path=str(Path(sys.executable).parent))
     assert script is not None, "sce-serve is not installed next to this interpreter"
-    # The flag wins over SCE_PORT, which points nowhere useful.
-    proc, url = start_server(env={"SCE_PORT": "1"}, command=[script])
+    # The flag wins over SCE_PORT, which points nowhere useful. SCE_LOOP picks the loop.
+    proc, url = start_server(env={"SCE_PORT": "1", "SCE_LOOP": "asyncio"}, command=[script])
     try:
         assert httpx.get(url + "/v2/health/live", timeout=10).json() == {"live": True}
+        body = {"labels": [0.0, 1.0], "logits": [0.0, 0.0]}
+        loss = httpx.post(url + SOFT, json=body, timeout=10).json()["loss"]["data"]
+        assert loss == pytest.approx(np.log(2))
     finally:
         stop_server(proc)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import logging.config
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.engine.engine import Engine
 from service.engine.sessions import cgroup_cpu_limit, usable_cpus
+from service.logs import log_config
 from service.settings import Settings
 
 SOFT = "/v1/softmax_cross_entropy_with_logits"
@@ -160,10 +162,6 @@ def test_thread_count_follows_the_quota_not_the_host(tmp_path: Path) -> None:
 
 
 def test_access_log_setting_turns_only_the_access_lines_off() -> None:
-    import logging.config
-
-    from service.logs import log_config
-
     access, root = logging.getLogger("service.access"), logging.getLogger()
     saved = access.level, root.level, root.handlers[:]
     try:
