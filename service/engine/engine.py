@@ -91,33 +91,24 @@ def _group(shape: Shape, full: Shape) -> int | None:
 
 
 def _layout(
-    array: np.ndarray, full: Shape, dim: int, rows: bool, *, softmax_input: bool = False
+    array: np.ndarray, full: Shape, dim: int, layout: Shape, *, softmax_input: bool = False
 ) -> np.ndarray:
-    """View `array` (broadcastable to `full`) as [outer, C, inner] (or [outer, C] when rows).
+    """View `array` (broadcastable to `full`) as [outer, C, inner] (or [outer, C] when rows),
+    `layout` being that shape for `full` itself.
 
     Broadcast groups stay as size-1 dims (no copy); a group that is partly broadcast
     cannot be collapsed and is materialised, and so are logits broadcast along the class
     dimension, since the softmax must see every class.
     """
     if array.shape == full:  # the common case, and no broadcast group to keep
-        return np.ascontiguousarray(array).reshape(
-            (math.prod(full[:dim]), full[dim])
-            if rows
-            else (math.prod(full[:dim]), full[dim], math.prod(full[dim + 1 :]))
-        )
+        return np.ascontiguousarray(array).reshape(layout)
     padded = (1,) * (len(full) - array.ndim) + array.shape
     outer = _group(padded[:dim], full[:dim])
     inner = _group(padded[dim + 1 :], full[dim + 1 :])
     if outer is None or inner is None or (softmax_input and padded[dim] != full[dim]):
-        array, padded, outer, inner = (
-            np.broadcast_to(array, full),
-            full,
-            math.prod(full[:dim]),
-            math.prod(full[dim + 1 :]),
-        )
-    view = np.ascontiguousarray(array)
-    shape = (outer, padded[dim]) if rows else (outer, padded[dim], inner)
-    return view.reshape(shape)
+        return np.ascontiguousarray(np.broadcast_to(array, full)).reshape(layout)
+    shape = (outer, padded[dim]) if len(layout) == 2 else (outer, padded[dim], inner)
+    return np.ascontiguousarray(array).reshape(shape)
 
 
 @cache
@@ -273,10 +264,11 @@ class Engine:
         compute = DType.float32 if dtype.value.half and summed else dtype
         rows = dim == rank - 1
         outer = math.prod(full[:dim])
+        layout = (outer, full[dim]) if rows else (outer, full[dim], math.prod(full[dim + 1 :]))
         feeds = {
-            "labels": _layout(labels.astype(compute.numpy, copy=False), full, dim, rows),
+            "labels": _layout(labels.astype(compute.numpy, copy=False), full, dim, layout),
             "logits": _layout(
-                logits.astype(compute.numpy, copy=False), full, dim, rows, softmax_input=True
+                logits.astype(compute.numpy, copy=False), full, dim, layout, softmax_input=True
             ),
         }
         if wants_grad:
@@ -286,7 +278,6 @@ class Engine:
                 gl = np.ascontiguousarray(grad_loss.astype(compute.numpy, copy=False))
                 feeds["grad_loss"] = gl.reshape((outer, 1) if rows else (outer, 1, -1))
         session = self._sessions["soft", compute, 2 if rows else 3, wanted]
-        layout = (outer, full[dim]) if rows else (outer, full[dim], math.prod(full[dim + 1 :]))
         shapes = {"loss": layout[:1] + layout[2:], "grad_logits": layout}
         if "grad_labels" in wanted:  # -grad_loss * log_softmax(logits): labels play no part
             shapes["grad_labels"] = (
