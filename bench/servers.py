@@ -66,10 +66,8 @@ def running(command: list[str], ready: str, env: dict[str, str] | None = None) -
 
 
 def service(port: int, workers: int = 1, **env: str) -> tuple[list[str], str, dict[str, str]]:
-    """The service as users start it (JSON access logs on, as by default), with an in-flight
-    bound above the benchmark's 64 connections so that it measures work, not refusals."""
+    """The service as users start it (JSON access logs on, as by default)."""
     command = [sys.executable, "-m", "service", "--port", str(port), "--workers", str(workers)]
-    env = {"SCE_MAX_IN_FLIGHT": "256", **env}
     return command, f"http://127.0.0.1:{port}/v2/health/ready", env
 
 

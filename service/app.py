@@ -12,8 +12,8 @@ from starlette.concurrency import run_in_threadpool
 
 from service import __version__, logs
 from service.api import errors, openapi, ops, v1, v2
+from service.api.admission import ComputePool, MemoryBudget, default_budget
 from service.api.auth import ApiKeyMiddleware
-from service.api.limits import InFlightLimit
 from service.api.metrics import ObservabilityMiddleware
 from service.engine.engine import Engine
 from service.engine.sessions import usable_cpus
@@ -44,7 +44,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             app.state.engine = None
-            app.state.in_flight.close()
+            app.state.pool.close()
 
     app = FastAPI(
         title="Softmax cross entropy service",
@@ -54,9 +54,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.engine = None
-    app.state.in_flight = InFlightLimit(
-        settings.max_in_flight, settings.compute_threads or usable_cpus()
+    app.state.budget = MemoryBudget(
+        settings.memory_budget or default_budget(settings.workers),
+        max_queue=settings.max_queue,
+        timeout=settings.queue_timeout,
     )
+    app.state.pool = ComputePool(settings.compute_threads or usable_cpus())
     errors.register(app)
     # The inference routes first: routes are matched in order, and they are the hot ones.
     app.include_router(v2.inference)

@@ -2,14 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictInt,
+    WithJsonSchema,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
+
+from service.codecs.shapes import listed
+from service.codecs.text import some, valid_unicode
 
 FloatDType = Literal["float16", "bfloat16", "float32", "float64"]
 IndexDType = Literal["int32", "int64"]
 SoftOutput = Literal["loss", "grad_logits", "grad_labels"]
 SparseOutput = Literal["loss", "grad_logits"]
+
+
+Shape = Annotated[Annotated[list[StrictInt], Field(fail_fast=True)], BeforeValidator(listed)]
 
 TensorData = Annotated[
     Any,
@@ -29,11 +46,55 @@ TensorData = Annotated[
 ]
 
 
+MAX_TEXT_CHARS = 1 << 16
+# A client string that may be echoed or named in a message. The length bound also makes
+# pydantic-core read the string as UTF-8, so that one holding a lone UTF-16 surrogate
+# (JSON's "\ud800" escape; Python's json lets it through) is refused as `string_unicode`
+# without a Python call per string; the schema stays a plain string.
+Text = Annotated[str, Field(max_length=MAX_TEXT_CHARS), WithJsonSchema({"type": "string"})]
+# Integers and booleans are plain JSON ones (StrictInt: not true, not "-1", not -1.0);
+# `service.api.errors.describe_validation` words the refusals.
+# fail_fast: a list stops at its first bad item, so a million bad items make one error.
+
+MAX_UNKNOWN_LISTED = 3
+
+
+def _few_unknown(data: object, fields: Collection[str], where: str = "") -> None:
+    """One error for many unknown members rather than one each: a body of a million
+    unknown members would otherwise cost seconds and megabytes of error text."""
+    if isinstance(data, dict) and len(data) > len(fields) + MAX_UNKNOWN_LISTED:
+        unknown = [key for key in data if key not in fields]
+        if len(unknown) > MAX_UNKNOWN_LISTED:
+            raise PydanticCustomError(
+                "extra_forbidden",
+                "{where}unknown arguments {names}",
+                {"where": where, "names": some(unknown)},
+            )
+
+
+def _valid_keys(parameters: object, where: str) -> None:
+    if type(parameters) is not dict or all(map(str.isascii, parameters)):
+        return
+    if not all(map(valid_unicode, parameters)):
+        invalid = [key for key in parameters if not valid_unicode(key)]
+        raise PydanticCustomError(
+            "invalid_unicode",
+            "{where}parameter names must be valid Unicode; got {names}",
+            {"where": where, "names": some(invalid)},
+        )
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     logits: TensorData = Field(description="Unscaled log probabilities.")
     name: str | None = Field(None, max_length=256, description="Echoed in the response.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _few_unknown_members(cls, data: Any) -> Any:
+        _few_unknown(data, cls.__pydantic_fields__)
+        return data
 
 
 class LossRequest(_Request):
@@ -57,13 +118,13 @@ class LossRequest(_Request):
     labels: TensorData = Field(
         description="A probability distribution along `dim`; broadcasts against logits."
     )
-    dim: int | None = Field(None, description="Class dimension (default -1).")
-    axis: int | None = Field(
+    dim: StrictInt | None = Field(None, description="Class dimension (default -1).")
+    axis: StrictInt | None = Field(
         None, description="TensorFlow 2's name for `dim`; both given and different is a 422."
     )
     dtype: FloatDType = "float32"
     outputs: list[SoftOutput] = Field(
-        default_factory=lambda: list[SoftOutput](["loss"]), min_length=1
+        default_factory=lambda: list[SoftOutput](["loss"]), min_length=1, fail_fast=True
     )
     grad_loss: TensorData | None = Field(
         None, description="Upstream gradient, the loss's shape (default ones)."
@@ -83,7 +144,7 @@ class SparseLossRequest(_Request):
     dtype: FloatDType = "float32"
     labels_dtype: IndexDType = "int64"
     outputs: list[SparseOutput] = Field(
-        default_factory=lambda: list[SparseOutput](["loss"]), min_length=1
+        default_factory=lambda: list[SparseOutput](["loss"]), min_length=1, fail_fast=True
     )
     grad_loss: TensorData | None = Field(
         None, description="Upstream gradient, the labels' shape (default ones)."
@@ -121,19 +182,19 @@ class _V2Model(BaseModel):
 class InferParameters(_V2Model):
     """Tensor or request parameters; unknown keys are kept (the protocol allows any)."""
 
-    binary_data_size: int | None = Field(None, ge=0)
-    binary_data: bool | None = None
-    binary_data_output: bool | None = None
-    dim: int | None = None
-    axis: int | None = None
+    binary_data_size: StrictInt | None = Field(None, ge=0)
+    binary_data: StrictBool | None = None
+    binary_data_output: StrictBool | None = None
+    dim: StrictInt | None = None
+    axis: StrictInt | None = None
 
 
 class RequestInput(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str
-    shape: list[int]
-    datatype: str
+    name: Text
+    shape: Shape
+    datatype: Text
     parameters: InferParameters | None = None
     data: TensorData | None = None
 
@@ -141,7 +202,7 @@ class RequestInput(BaseModel):
 class RequestOutput(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str
+    name: Text
     parameters: InferParameters | None = None
 
 
@@ -165,10 +226,37 @@ class InferenceRequest(BaseModel):
         },
     )
 
-    id: str | None = None
+    id: Text | None = None
     parameters: InferParameters | None = None
-    inputs: list[RequestInput] = Field(min_length=1)
-    outputs: list[RequestOutput] | None = None
+    inputs: list[RequestInput] = Field(min_length=1, fail_fast=True)
+    outputs: list[RequestOutput] | None = Field(None, fail_fast=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _few_unknown_members(cls, data: Any) -> Any:
+        """Many unknown members are one error, here and in each input and output (one
+        Python call a request rather than one a model); parameter names are valid Unicode."""
+        if type(data) is not dict:
+            return data
+        if len(data) > len(_REQUEST_FIELDS) + MAX_UNKNOWN_LISTED:
+            _few_unknown(data, _REQUEST_FIELDS)
+        if "parameters" in data:
+            _valid_keys(data["parameters"], "parameters: ")
+        for key, fields in (("inputs", _INPUT_FIELDS), ("outputs", _OUTPUT_FIELDS)):
+            items = data.get(key)
+            if type(items) is list:
+                for index, item in enumerate(items):
+                    if type(item) is dict:
+                        if len(item) > len(fields) + MAX_UNKNOWN_LISTED:
+                            _few_unknown(item, fields, f"{key}.{index}: ")
+                        if "parameters" in item:
+                            _valid_keys(item["parameters"], f"{key}.{index}: ")
+        return data
+
+
+_REQUEST_FIELDS = frozenset(InferenceRequest.model_fields)
+_INPUT_FIELDS = frozenset(RequestInput.model_fields)
+_OUTPUT_FIELDS = frozenset(RequestOutput.model_fields)
 
 
 class ResponseOutput(BaseModel):

@@ -31,15 +31,33 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(512 * 1024 * 1024, ge=1024)
     """Largest request body accepted, after decompression (413 above it)."""
     max_json_bytes: int = Field(128 * 1024 * 1024, ge=1024)
-    """Largest JSON body (JSON tensors cost ~30x their size in memory while parsed)."""
+    """Largest JSON body or v2 JSON header, v1 and v2 alike (413 above it)."""
     max_elements: int = Field(1 << 28, ge=1)
     """Most elements a tensor (or the broadcast of labels and logits) may have (422 above)."""
-    max_in_flight: int = Field(16, ge=1)
-    """Requests a worker reads or computes at once; more get 503 with Retry-After."""
+    memory_budget: int | None = Field(None, ge=16 * 1024 * 1024)
+    """Bytes this worker may hold for requests: bodies, decoded inputs, outputs, encoded
+    responses and compute blocks. Unset: 70% of the container's memory limit (cgroup),
+    or of the machine's memory without one, divided among the workers."""
+    max_queue: int = Field(1024, ge=0)
+    """Requests that may wait (FIFO) for memory at once; past it, 503 with Retry-After."""
+    queue_timeout: float = Field(30.0, gt=0)
+    """Seconds a request may wait for memory before it gets 503 with Retry-After."""
     compute_threads: int | None = Field(None, ge=1, le=256)
     """Requests decoded and computed at once per worker; unset: the CPUs it may use."""
     body_timeout: float = Field(120.0, gt=0)
-    """Seconds a client may take to send its body (408 after)."""
+    """Seconds a client may take to send its whole body (408 after)."""
+    min_data_rate: int = Field(8192, ge=0)
+    """Bytes/s a client must sustain sending a body, after a 5 s grace (408 below it);
+    0 turns the check off."""
+    header_timeout: float = Field(10.0, gt=0)
+    """Seconds a client may take to send a request's line and headers, counted from the
+    connection's start or its first byte; a connection that sends nothing is closed."""
+    max_header_bytes: int = Field(64 * 1024, ge=1024)
+    """Largest request line plus headers (431 above it)."""
+    keep_alive_timeout: float = Field(5.0, gt=0)
+    """Seconds an idle keep-alive connection stays open between requests."""
+    send_timeout: float = Field(30.0, gt=0)
+    """Seconds a response may stall because its client does not read; then it is closed."""
     api_key: SecretStr | None = None
     """When set, API routes need `Authorization: Bearer <key>`; health and metrics stay open."""
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
@@ -62,6 +80,11 @@ class Settings(BaseSettings):
     @field_validator("api_key")
     @classmethod
     def _key_not_blank(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and not value.get_secret_value().strip():
+        """Surrounding whitespace is dropped: `kubectl create secret --from-file` keeps the
+        file's trailing newline, and no client sends it."""
+        if value is None:
+            return None
+        key = value.get_secret_value().strip()
+        if not key:
             raise ValueError("SCE_API_KEY is set but empty; unset it to turn auth off")
-        return value
+        return SecretStr(key)

@@ -10,6 +10,7 @@ import gzip
 import json
 import struct
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,7 +42,7 @@ def _soft(**members: object) -> bytes:
     return _j({"labels": [0.0, 1.0], "logits": [0.0, 0.0], **members})
 
 
-def _safetensors(header: dict, data: bytes) -> bytes:
+def _safetensors(header: Mapping[str, object], data: bytes) -> bytes:
     raw = json.dumps(header).encode()
     return struct.pack("<Q", len(raw)) + raw + data
 
@@ -59,11 +60,11 @@ def _st(tensors: dict[str, np.ndarray]) -> bytes:
     return _safetensors(header, b"".join(a.tobytes() for a in tensors.values()))
 
 
-def _v2(inputs: list[dict], **request: object) -> bytes:
+def _v2(inputs: list[dict[str, object]], **request: object) -> bytes:
     return _j({"inputs": inputs, **request})
 
 
-def _t(name: str = "labels", **fields: object) -> dict:
+def _t(name: str = "labels", **fields: object) -> dict[str, object]:
     return {"name": name, "shape": [2], "datatype": "FP32", "data": [0.0, 1.0], **fields}
 
 
@@ -223,8 +224,8 @@ def cases() -> list[Case]:
             "v1 number too big for a double",
             SOFT,
             b'{"labels": [0.0, 1.0], "logits": [1e400, 0.0]}',
-            400,
-            "JSON",
+            422,
+            "cannot represent",
             JSON,
         ),
         Case(
@@ -252,7 +253,14 @@ def cases() -> list[Case]:
             "cannot represent",
             JSON,
         ),
-        Case("v1 int beyond a double", SOFT, _soft(logits=[10**400, 0.0]), 400, "JSON", JSON),
+        Case(
+            "v1 int beyond a double",
+            SOFT,
+            _soft(logits=[10**400, 0.0]),
+            422,
+            "cannot represent",
+            JSON,
+        ),
         Case(
             "v1 shapes do not broadcast",
             SOFT,
@@ -464,7 +472,7 @@ def cases() -> list[Case]:
             INFER,
             _v2([_t(), _t("logits")]),
             400,
-            "outside",
+            "ASCII digits",
             {"Inference-Header-Content-Length": "-5"},
         ),
         Case(
@@ -472,7 +480,7 @@ def cases() -> list[Case]:
             INFER,
             _v2([_t(), _t("logits")]),
             400,
-            "not a number",
+            "ASCII digits",
             {"Inference-Header-Content-Length": "0x10"},
         ),
         Case(
@@ -587,4 +595,313 @@ def cases() -> list[Case]:
             {"content-encoding": "deflate"},
         ),
         Case("v2 gzip bomb", INFER, bomb, 413, "limit", {"content-encoding": "gzip"}),
+        *_strict_cases(),
+    ]
+
+
+def _with_nan(document: bytes) -> bytes:
+    """A v2 body whose logits hold a bare NaN (as tritonclient writes it), which takes the
+    header parser's slow path (Python's json) rather than orjson."""
+    return document.replace(
+        b'"logits", "shape": [2], "datatype": "FP32", "data": [0.0, 1.0]',
+        b'"logits", "shape": [2], "datatype": "FP32", "data": [NaN, 1.0]',
+    )
+
+
+def _header_length(body: bytes, text: str) -> dict[str, str]:
+    return {"Inference-Header-Content-Length": text.format(len(body))}
+
+
+def _safetensors_edited(header: dict[str, object], data: bytes, old: bytes, new: bytes) -> bytes:
+    """A safetensors body whose JSON header has `old` replaced by `new` (the length kept
+    right): for what json.dumps would not write, such as an escaped lone surrogate."""
+    raw = json.dumps(header).encode().replace(old, new)
+    return struct.pack("<Q", len(raw)) + raw + data
+
+
+def _tensors(count: int) -> bytes:
+    """A safetensors body of `count` one-float tensors (the first two labels and logits)."""
+    names = ["labels", "logits", *(f"t{i}" for i in range(count - 2))]
+    return _st({name: np.zeros(1, np.float32) for name in names})
+
+
+def _strict_cases() -> list[Case]:
+    """Inputs are strict: integers are JSON integers (no true, "-1" or -1.0), text integers
+    are ASCII digits, strings are valid Unicode (no lone surrogate), headers are bounded."""
+    good = _v2([_t(), _t("logits")])
+    surrogate = b'"\\ud800"'
+    st_entry = {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}
+    st_pair = {"labels": st_entry, "logits": {**st_entry, "data_offsets": [4, 8]}}
+    big_int = b"1" + b"0" * 400
+    return [
+        # --- integers are JSON integers
+        Case(
+            "v1 dim true", SOFT, _soft(dim=True), 422, "dim must be a JSON integer; got true", JSON
+        ),
+        Case("v1 dim a numeric string", SOFT, _soft(dim="-1"), 422, "JSON integer", JSON),
+        Case("v1 dim -1.0", SOFT, _soft(dim=-1.0), 422, "JSON integer; got -1.0", JSON),
+        Case("v1 axis false", SOFT, _soft(axis=False), 422, "axis must be a JSON integer", JSON),
+        Case(
+            "v2 dim true",
+            INFER,
+            _v2([_t(), _t("logits")], parameters={"dim": True}),
+            422,
+            "dim must be a JSON integer; got true",
+        ),
+        Case(
+            "v2 dim a numeric string",
+            INFER,
+            _v2([_t(), _t("logits")], parameters={"dim": "-1"}),
+            422,
+            "JSON integer",
+        ),
+        Case(
+            "v2 dim -1.0",
+            INFER,
+            _v2([_t(), _t("logits")], parameters={"dim": -1.0}),
+            422,
+            "JSON integer; got -1.0",
+        ),
+        Case(
+            "v2 axis a numeric string",
+            INFER,
+            _v2([_t(), _t("logits")], parameters={"axis": "0"}),
+            422,
+            "axis must be a JSON",
+        ),
+        Case(
+            "v2 binary_data_size a float",
+            INFER,
+            _v2([_t(parameters={"binary_data_size": 8.0}, data=None), _t("logits")]),
+            422,
+            "binary_data_size must be a JSON integer; got 8.0",
+        ),
+        Case(
+            "v2 binary_data_size a string",
+            INFER,
+            _v2([_t(parameters={"binary_data_size": "8"}, data=None), _t("logits")]),
+            422,
+            "binary_data_size must be a JSON integer",
+        ),
+        Case(
+            "v2 binary_data_size true",
+            INFER,
+            _v2([_t(parameters={"binary_data_size": True}, data=None), _t("logits")]),
+            422,
+            "binary_data_size must be a JSON integer; got true",
+        ),
+        Case(
+            "v2 binary_data_output a string",
+            INFER,
+            _v2([_t(), _t("logits")], parameters={"binary_data_output": "true"}),
+            422,
+            "must be a JSON boolean",
+        ),
+        Case(
+            "v2 shape of numeric strings",
+            INFER,
+            _v2([_t(shape=["2"]), _t("logits")]),
+            422,
+            "shape.0 must be a JSON integer",
+        ),
+        Case(
+            "v2 shape of floats",
+            INFER,
+            _v2([_t(shape=[2.0]), _t("logits")]),
+            422,
+            "must hold integers",
+        ),
+        Case(
+            "v2 shape of a million strings",
+            INFER,
+            _v2([_t(shape=["x"] * 1_000_000), _t("logits")]),
+            422,
+            "outside arrays of numbers",
+        ),
+        Case(
+            "v2 header length with a plus",
+            INFER,
+            good,
+            400,
+            "ASCII digits",
+            _header_length(good, "+{}"),
+        ),
+        Case(
+            "v2 header length with underscores",
+            INFER,
+            good,
+            400,
+            "ASCII digits",
+            {"Inference-Header-Content-Length": "1_0"},
+        ),
+        Case(
+            "v2 header length 8.0", INFER, good, 400, "ASCII digits", _header_length(good, "{}.0")
+        ),
+        Case(
+            "v2 header length of 40 digits",
+            INFER,
+            good,
+            400,
+            "at most 18 digits",
+            {"Inference-Header-Content-Length": "1" * 40},
+        ),
+        Case("st query dim with a plus", SOFT + "?dim=%2B1", _tensors(2), 422, "ASCII digits", ST),
+        Case(
+            "st query dim with underscores",
+            SOFT + "?dim=-0_1",
+            _tensors(2),
+            422,
+            "ASCII digits",
+            ST,
+        ),
+        Case(
+            "st query dim in Arabic-Indic digits",
+            SOFT + "?dim=%D9%A1",
+            _tensors(2),
+            422,
+            "ASCII digits",
+            ST,
+        ),
+        Case("st query axis with spaces", SOFT + "?axis=+1+", _tensors(2), 422, "ASCII digits", ST),
+        # --- strings are valid Unicode
+        Case(
+            "v1 name a lone surrogate",
+            SOFT,
+            _soft()[:-1] + b', "name": ' + surrogate + b"}",
+            400,
+            "JSON",
+            JSON,
+        ),
+        Case(
+            "v2 id a lone surrogate", INFER, b'{"id": ' + surrogate + b", " + good[1:], 400, "JSON"
+        ),
+        Case(
+            "v2 id a lone surrogate, NaN data",
+            INFER,
+            _with_nan(b'{"id": ' + surrogate + b", " + good[1:]),
+            400,
+            "surrogate",
+        ),
+        Case(
+            "v2 input name a lone surrogate, NaN data",
+            INFER,
+            _with_nan(good.replace(b'"labels"', surrogate)),
+            400,
+            "surrogate",
+        ),
+        Case(
+            "v2 output name a lone surrogate, NaN data",
+            INFER,
+            _with_nan(good[:-1] + b', "outputs": [{"name": ' + surrogate + b"}]}"),
+            400,
+            "surrogate",
+        ),
+        Case(
+            "v2 parameter key a lone surrogate, NaN data",
+            INFER,
+            _with_nan(good[:-1] + b', "parameters": {' + surrogate + b": 1}}"),
+            400,
+            "surrogate",
+        ),
+        Case(
+            "v2 UTF-16 header, NaN data",
+            INFER,
+            _with_nan(good).decode().encode("utf-16"),
+            400,
+            "JSON",
+        ),
+        Case(
+            "v2 401-digit integer",
+            INFER,
+            good.replace(b"[0.0, 1.0]", b"[0, " + big_int + b"]", 1),
+            422,
+            "cannot represent",
+        ),
+        Case(
+            "v2 401-digit integer, NaN data",
+            INFER,
+            _with_nan(good.replace(b"[0.0, 1.0]", b"[0, " + big_int + b"]", 1)),
+            422,
+            "cannot represent",
+        ),
+        Case(
+            "st tensor name a lone surrogate",
+            SOFT,
+            _safetensors_edited(
+                {**st_pair, "X": {**st_entry, "data_offsets": [8, 12]}},
+                bytes(12),
+                b'"X"',
+                surrogate,
+            ),
+            400,
+            "valid Unicode",
+            ST,
+        ),
+        Case(
+            "st tensor name a UTF-8-encoded surrogate",
+            SOFT,
+            _safetensors_edited(
+                {**st_pair, "X": {**st_entry, "data_offsets": [8, 12]}},
+                bytes(12),
+                b'"X"',
+                b'"\xed\xa0\x80"',
+            ),
+            400,
+            "UTF-8",
+            ST,
+        ),
+        Case(
+            "st metadata value a lone surrogate",
+            SOFT,
+            _safetensors_edited(
+                {**st_pair, "__metadata__": {"k": "X"}}, bytes(8), b'"X"', surrogate
+            ),
+            400,
+            "valid Unicode",
+            ST,
+        ),
+        Case(
+            "st metadata key a lone surrogate",
+            SOFT,
+            _safetensors_edited(
+                {**st_pair, "__metadata__": {"X": "v"}}, bytes(8), b'"X"', surrogate
+            ),
+            400,
+            "valid Unicode",
+            ST,
+        ),
+        # --- headers are bounded
+        Case("st 17 tensors", SOFT, _tensors(17), 422, "at most 16", ST),
+        Case("st 15000 tensors", SOFT, _tensors(15_000), 422, "at most 16", ST),
+        Case(
+            "st header over 1 MiB",
+            SOFT,
+            _safetensors({**st_pair, "__metadata__": {"pad": "x" * (1 << 20)}}, bytes(8)),
+            422,
+            "limit of 1048576 bytes",
+            ST,
+        ),
+        Case(
+            "st dtype a list",
+            SOFT,
+            _safetensors({**st_pair, "logits": {**st_entry, "dtype": ["F32"]}}, bytes(8)),
+            400,
+            "unknown dtype",
+            ST,
+        ),
+        Case(
+            "v1 a thousand unknown members",
+            SOFT,
+            _soft(**{f"m{i}": 0 for i in range(1000)}),
+            422,
+            "and 997 more",
+            JSON,
+        ),
+        Case(
+            "v2 a thousand unknown members of an input",
+            INFER,
+            _v2([{**_t(), **{f"m{i}": 0 for i in range(1000)}}, _t("logits")]),
+            422,
+            "and 997 more",
+        ),
     ]

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -132,3 +134,68 @@ def test_slow_clients_do_not_hold_the_server() -> None:
         for sock in sockets:
             sock.close()
         stop_server(proc)
+
+
+def _in_flight(url: str) -> float:
+    """sce_http_requests_in_flight, summed over the workers (this scrape included)."""
+    for line in httpx.get(url + "/metrics", timeout=10).text.splitlines():
+        if line.startswith("sce_http_requests_in_flight "):
+            return float(line.split()[1])
+    raise AssertionError("no sce_http_requests_in_flight")
+
+
+def _worker_holding(parent: int, server_port: int, client_port: int) -> int:
+    """The worker process of `parent` whose socket is the server end of this connection."""
+    inode = next(
+        fields[9]
+        for fields in (line.split() for line in Path("/proc/net/tcp").read_text().splitlines()[1:])
+        if int(fields[1].split(":")[1], 16) == server_port
+        and int(fields[2].split(":")[1], 16) == client_port
+    )
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            if int(stat.read_text().rpartition(")")[2].split()[1]) != parent:
+                continue
+            fds = (fd.readlink().name for fd in (stat.parent / "fd").iterdir())
+            if f"socket:[{inode}]" in fds:
+                return int(stat.parent.name)
+        except OSError:  # a process that exited meanwhile
+            continue
+    raise AssertionError("no worker holds the connection")
+
+
+def _wait_for(condition: Callable[[], bool], seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_a_killed_worker_leaves_no_request_in_flight_and_the_metrics_directory_goes(
+    tmp_path: Path,
+) -> None:
+    proc, url = start_server(
+        {"SCE_WORKERS": "2", "TMPDIR": str(tmp_path), "SCE_MIN_DATA_RATE": "0"}
+    )
+    host, port = _address(url)
+    sock = None
+    try:
+        [metrics_dir] = tmp_path.glob("sce-metrics-*")
+        # the connection layer reached the spawned workers: a 431 for a head over 64 KiB
+        big = httpx.get(url + "/v2/health/live", headers={"x-pad": "a" * 70_000}, timeout=10)
+        assert big.status_code == 431
+        idle = _in_flight(url)  # the scrape itself
+        sock = socket.create_connection((host, port), timeout=10)
+        sock.sendall(_head(SOFT, 1000, host) + b'{"labels": [0.0, ')  # an upload, stalled
+        assert _wait_for(lambda: _in_flight(url) == idle + 1, 15)
+        worker = _worker_holding(proc.pid, port, sock.getsockname()[1])
+        os.kill(worker, signal.SIGKILL)
+        assert _wait_for(lambda: _in_flight(url) == idle, 15), _in_flight(url)
+    finally:
+        if sock is not None:
+            sock.close()
+        stop_server(proc)
+    assert proc.returncode == 0
+    assert not metrics_dir.exists()

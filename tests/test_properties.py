@@ -17,10 +17,13 @@ import safetensors as safetensors_package
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
+from service.api import v2 as api_v2
 from service.api.errors import status_of
-from service.api.v2 import MODELS, infer
-from service.codecs import safetensors
+from service.api.pipeline import Encoded
+from service.codecs import safetensors, v2
+from service.engine import engine as engine_module
 from service.engine.engine import Engine
+from service.engine.types import SOFT_OP, DType
 from service.errors import ServiceError, UnsupportedDtype
 from tests.reference import NUMPY, assert_close, softmax_xent
 
@@ -48,11 +51,19 @@ def _client_error_or_result(call) -> object:
         return exc
 
 
+def _infer_v2(body: bytes, header_length: str | None, engine: Engine) -> Encoded:
+    """A v2 request's stages, as the server runs them: parse, cost (its checks), run."""
+    spec = api_v2.MODELS[SOFT]
+    call = api_v2.parse(SOFT, spec, body, v2.header_length(header_length))
+    api_v2.cost(engine, call)
+    return api_v2.run(engine, call)
+
+
 @given(body=st.binary(max_size=512), header_length=st.none() | st.integers(-5, 600).map(str))
 def test_v2_decoder_takes_any_bytes(
     small_engine: Engine, body: bytes, header_length: str | None
 ) -> None:
-    _client_error_or_result(lambda: infer(SOFT, MODELS[SOFT], body, header_length, small_engine))
+    _client_error_or_result(lambda: _infer_v2(body, header_length, small_engine))
 
 
 @st.composite
@@ -86,12 +97,12 @@ def v2_requests(draw: st.DrawFn) -> tuple[bytes, str]:
 @given(request=v2_requests())
 def test_v2_near_valid_requests(small_engine: Engine, request: tuple[bytes, str]) -> None:
     body, header_length = request
-    result = _client_error_or_result(
-        lambda: infer(SOFT, MODELS[SOFT], body, header_length, small_engine)
-    )
+    result = _client_error_or_result(lambda: _infer_v2(body, header_length, small_engine))
     if not isinstance(result, ServiceError):
-        chunks, _ = result  # a response: its JSON header (bare NaN allowed) names the outputs
-        assert json.loads(bytes(chunks[0]))["model_name"] == SOFT
+        header = result.buffers[
+            0
+        ]  # a response: its JSON header (bare NaN allowed) names the outputs
+        assert json.loads(bytes(header))["model_name"] == SOFT
 
 
 @given(body=st.binary(max_size=256))
@@ -149,6 +160,56 @@ def test_engine_agrees_with_reference(small_engine: Engine, case: tuple) -> None
     expected = softmax_xent(labels, logits, dim)
     for name, array in result.items():
         assert_close(array, expected[name], dtype, name)
+
+
+@given(
+    case=engine_cases(),
+    block_bytes=st.sampled_from([1, 8, 24, 100, 4096]),
+    outputs=st.lists(
+        st.sampled_from(["loss", "grad_logits", "grad_labels"]), min_size=1, unique=True
+    ),
+    with_grad_loss=st.booleans(),
+)
+@settings(max_examples=150)
+def test_engine_in_blocks_agrees_with_reference_and_plan(
+    small_engine: Engine, case: tuple, block_bytes: int, outputs: list[str], with_grad_loss: bool
+) -> None:
+    """Blocks made tiny, so that these small shapes take many of them (rows, ranges of the
+    dims after the class dim, gathers of partly broadcast inputs); the plan counts the
+    bytes the call returns."""
+    labels_shape, logits_shape, dim, dtype, seed = case
+    full = np.broadcast_shapes(labels_shape, logits_shape)
+    assume(-len(full) <= dim < len(full))
+    rng = np.random.default_rng(seed)
+    labels = rng.random(labels_shape).astype(NUMPY[dtype])
+    logits = (rng.standard_normal(logits_shape) * 3).astype(NUMPY[dtype])
+    grad_loss = None
+    if with_grad_loss and outputs != ["loss"]:
+        axis = dim % len(full)
+        grad_loss = rng.standard_normal(full[:axis] + full[axis + 1 :]).astype(NUMPY[dtype])
+    saved = engine_module.BLOCK_BYTES
+    engine_module.BLOCK_BYTES = block_bytes
+    try:
+        plan = small_engine.plan(
+            SOFT_OP,
+            labels=(labels.shape, DType[dtype]),
+            logits=(logits.shape, DType[dtype]),
+            grad_loss=None if grad_loss is None else (grad_loss.shape, DType[dtype]),
+            outputs=outputs,
+            dim=dim,
+        )
+        result = small_engine.softmax_cross_entropy(
+            labels=labels, logits=logits, dim=dim, grad_loss=grad_loss, outputs=outputs
+        )
+    finally:
+        engine_module.BLOCK_BYTES = saved
+    expected = softmax_xent(labels, logits, dim, grad_loss)
+    assert {name for name, _ in result.items()} == set(outputs)
+    for name, array in result.items():
+        assert array.dtype == NUMPY[dtype]
+        assert_close(array, expected[name], dtype, name)
+    assert plan.output_bytes == sum(array.nbytes for _, array in result.items())
+    assert plan.elements == math.prod(full)
 
 
 @st.composite

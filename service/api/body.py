@@ -1,22 +1,40 @@
-"""Reading request bodies under the size limit, into one buffer, inflating gzip/deflate."""
+"""Reading request bodies: size limit, pace, memory budget, gzip/deflate inflated in steps.
+
+The body is the first thing a request holds, so it is counted against the worker's
+memory budget as it arrives (in doubling slabs, so a trickling upload holds about what
+it sent, not what it declared), and the buffer it goes into is committed by the kernel
+page by page as bytes land in it. A compressed body is inflated a bounded step at a time,
+yielding the event loop between steps, and checked against the limit as it grows.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 from collections.abc import AsyncIterator
 
+import numpy as np
 from fastapi import Request
 from starlette.requests import ClientDisconnect
 
-from service.errors import MalformedBody, PayloadTooLarge, UnsupportedMediaType
+from service.api.admission import BodyPace, Lease
+from service.codecs import text
+from service.errors import MalformedBody, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
 
 GZIP_WBITS = 16 + zlib.MAX_WBITS
 ZLIB_WBITS = zlib.MAX_WBITS
 RAW_DEFLATE_WBITS = -zlib.MAX_WBITS
+SLAB = 1 << 20  # the first reservation of a body; later ones double what is held
+INFLATE_STEP = 1 << 20  # bytes inflated between two yields to the event loop (~1 ms)
+
+Body = bytes | bytearray | memoryview
 
 
 def _too_large(limit: int) -> PayloadTooLarge:
-    return PayloadTooLarge(f"request body is larger than the limit of {limit} bytes")
+    return PayloadTooLarge(
+        f"request body is larger than the limit of {limit} bytes (SCE_MAX_REQUEST_BYTES, or "
+        "SCE_MAX_JSON_BYTES for JSON); send a smaller batch, or binary tensors instead of JSON"
+    )
 
 
 def _declared_length(request: Request, limit: int) -> int | None:
@@ -24,19 +42,49 @@ def _declared_length(request: Request, limit: int) -> int | None:
     declared = request.headers.get("content-length")
     if declared is None:
         return None
-    try:
-        size = int(declared)
-    except ValueError:
-        raise MalformedBody(f"Content-Length {declared[:32]!r} is not a number") from None
+    size = text.ascii_int(declared, "Content-Length", error=MalformedBody)
     if size > limit:
         raise _too_large(limit)
     return size
 
 
-async def _chunks(request: Request, limit: int) -> AsyncIterator[bytes]:
-    """The body's chunks as received, refused with 413 once they pass `limit` bytes."""
+class _Reservation:
+    """The body's share of the lease, grown in doubling slabs up to `most` bytes."""
+
+    def __init__(self, lease: Lease | None, most: int) -> None:
+        self.lease = lease
+        self.most = most
+
+    async def cover(self, size: int) -> None:
+        lease = self.lease
+        if lease is not None and size > lease.held:
+            await lease.hold(min(self.most, max(size, SLAB, 2 * lease.held)), body=True)
+
+
+async def _chunks(request: Request, limit: int, pace: BodyPace | None) -> AsyncIterator[bytes]:
+    """The body's chunks as received, refused with 413 once they pass `limit` bytes, and
+    with 408 when the next one is later than the pace allows."""
     received = 0
-    async for chunk in request.stream():
+    stream = request.stream().__aiter__()
+    while True:
+        try:
+            if pace is None:
+                chunk = await anext(stream)
+            else:
+                async with asyncio.timeout(max(0.0, pace.due(received))):
+                    chunk = await anext(stream)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            assert pace is not None
+            if pace.slow():
+                raise RequestTimeout(
+                    f"the request body arrived slower than {pace.rate} bytes/s after "
+                    f"{pace.GRACE:g} s (SCE_MIN_DATA_RATE)"
+                ) from None
+            raise RequestTimeout(
+                f"the request body did not arrive within {pace.timeout:g} s (SCE_BODY_TIMEOUT)"
+            ) from None
         received += len(chunk)
         if received > limit:
             raise _too_large(limit)
@@ -44,40 +92,61 @@ async def _chunks(request: Request, limit: int) -> AsyncIterator[bytes]:
             yield chunk
 
 
-async def _read_raw(request: Request, size: int | None, limit: int) -> bytes | bytearray:
-    """The body as sent. With a Content-Length it is streamed into one preallocated
-    buffer (no ``b"".join`` of chunks, which would hold the body twice)."""
+async def _read_raw(
+    request: Request, size: int | None, limit: int, pace: BodyPace | None, lease: Lease | None
+) -> Body:
+    """The body as sent. With a Content-Length it goes into one buffer of that size whose
+    pages are committed as they are written (np.empty), so a body is held once, and only
+    as far as it has arrived."""
+    reservation = _Reservation(lease, limit if size is None else size)
     if size is None:
-        return b"".join([chunk async for chunk in _chunks(request, limit)])
-    buffer = bytearray(size)
-    view = memoryview(buffer)
+        parts = bytearray()
+        async for chunk in _chunks(request, limit, pace):
+            await reservation.cover(len(parts) + len(chunk))
+            parts += chunk
+        return parts
+    buffer = memoryview(np.empty(size, np.uint8).data)
     filled = 0
-    async for chunk in request.stream():
+    async for chunk in _chunks(request, limit, pace):
         end = filled + len(chunk)
         if end > size:
             raise MalformedBody("request body is longer than its Content-Length")
-        view[filled:end] = chunk
+        await reservation.cover(end)
+        buffer[filled:end] = chunk
         filled = end
     if filled != size:
         raise MalformedBody(f"request body ended after {filled} of {size} bytes")
     return buffer
 
 
-async def _inflate(request: Request, limit: int, encoding: str) -> bytearray:
-    """Inflate while reading; past `limit` decompressed bytes it is a 413 at once."""
+async def _inflate(
+    request: Request, limit: int, encoding: str, pace: BodyPace | None, lease: Lease | None
+) -> bytearray:
+    """Inflate while reading, INFLATE_STEP bytes at a time; past `limit` it is a 413 at once."""
     out = bytearray()
+    reservation = _Reservation(lease, limit + INFLATE_STEP)
     inflater: zlib._Decompress | None = None
     try:
-        async for chunk in _chunks(request, limit):
+        async for chunk in _chunks(request, limit, pace):
             if inflater is None:
                 if encoding == "gzip":
                     wbits = GZIP_WBITS
                 else:  # "deflate" is zlib-wrapped by the RFC, raw by some clients
                     wbits = ZLIB_WBITS if chunk[0] & 0x0F == 8 else RAW_DEFLATE_WBITS
                 inflater = zlib.decompressobj(wbits)
-            out += inflater.decompress(chunk, limit + 1 - len(out))
-            if len(out) > limit or inflater.unconsumed_tail:
-                raise _too_large(limit)
+            elif inflater.eof:
+                raise _trailing(encoding)
+            data = chunk
+            while data:
+                await reservation.cover(len(out) + INFLATE_STEP)
+                out += inflater.decompress(data, INFLATE_STEP)
+                if len(out) > limit:
+                    raise _too_large(limit)
+                if inflater.unused_data:
+                    raise _trailing(encoding)
+                data = inflater.unconsumed_tail
+                if data:
+                    await asyncio.sleep(0)  # a compressed chunk may hold a lot: let others run
         if inflater is None:
             return out
         out += inflater.flush()
@@ -90,19 +159,29 @@ async def _inflate(request: Request, limit: int, encoding: str) -> bytearray:
     return out
 
 
-async def read_body(request: Request, limit: int) -> bytes | bytearray:
+def _trailing(encoding: str) -> MalformedBody:
+    return MalformedBody(
+        f"bytes follow the end of the {encoding} stream (a second member, or garbage); "
+        "send one stream"
+    )
+
+
+async def read_body(
+    request: Request, limit: int, *, pace: BodyPace | None = None, lease: Lease | None = None
+) -> Body:
     """The whole (decompressed) body, refused with 413 past `limit` bytes.
 
-    Content-Length is checked before anything is read; a compressed body is
-    checked again while it inflates, so a zip bomb never grows past the limit.
+    Content-Length is checked before anything is read; a compressed body is checked
+    again while it inflates, so a zip bomb never grows past the limit. With a `lease`,
+    the body's bytes are held on the memory budget before they are stored.
     """
     try:
-        return await _read(request, limit)
+        return await _read(request, limit, pace, lease)
     except ClientDisconnect:  # nobody will read the answer; this ends the request cleanly
         raise MalformedBody("the client disconnected before sending the whole body") from None
 
 
-async def _read(request: Request, limit: int) -> bytes | bytearray:
+async def _read(request: Request, limit: int, pace: BodyPace | None, lease: Lease | None) -> Body:
     encoding = request.headers.get("content-encoding", "identity").strip().lower()
     if encoding not in ("", "identity", "gzip", "deflate"):
         raise UnsupportedMediaType(
@@ -110,5 +189,5 @@ async def _read(request: Request, limit: int) -> bytes | bytearray:
         )
     size = _declared_length(request, limit)
     if encoding in ("", "identity"):
-        return await _read_raw(request, size, limit)
-    return await _inflate(request, limit, encoding)
+        return await _read_raw(request, size, limit, pace, lease)
+    return await _inflate(request, limit, encoding, pace, lease)

@@ -12,7 +12,7 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from service.api.limits import InFlightLimit
+from service.api.admission import ComputePool, MemoryBudget
 from service.engine.engine import Engine
 from service.errors import NotReady
 from service.settings import Settings
@@ -39,9 +39,10 @@ class Runtime:
 
     settings: Settings
     engine: Engine
-    in_flight: InFlightLimit
+    budget: MemoryBudget
+    pool: ComputePool
 
 
 def runtime(request: Request) -> Runtime:
     state = request.app.state
-    return Runtime(state.settings, _engine(request), state.in_flight)
+    return Runtime(state.settings, _engine(request), state.budget, state.pool)

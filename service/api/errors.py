@@ -1,7 +1,8 @@
 """One table from domain error to HTTP status, and the handlers that use it.
 
 v1 bodies are FastAPI's ``{"detail": ...}``; v2 bodies are the Open Inference
-Protocol's ``{"error": ...}``. No exception names or tracebacks reach a client.
+Protocol's ``{"error": ...}``. No exception names or tracebacks reach a client, and
+every message is bounded and valid UTF-8 here, in `error_response`, whatever it quotes.
 """
 
 from __future__ import annotations
@@ -15,8 +16,12 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service import errors
+from service.codecs.text import bounded, json_value, quote
 
 log = logging.getLogger(__name__)
+
+MAX_MESSAGE_CHARS = 400  # of an error message; what a client sent is named, not echoed
+MAX_PROBLEMS = 3  # validation problems described in one message
 
 STATUS: dict[type[errors.ServiceError], int] = {
     errors.MalformedBody: 400,
@@ -42,9 +47,11 @@ def status_of(exc: errors.ServiceError) -> int:
 def error_response(
     path: str, status: int, message: str, headers: Mapping[str, str] | None = None
 ) -> JSONResponse:
-    """The body each protocol's clients expect, by the request's path."""
+    """The body each protocol's clients expect, by the request's path; the message cut
+    to MAX_MESSAGE_CHARS with invalid Unicode escaped (it may quote what a client sent)."""
     key = "error" if path.startswith("/v2") else "detail"
-    return JSONResponse({key: message}, status_code=status, headers=headers)
+    content = {key: bounded(message, MAX_MESSAGE_CHARS)}
+    return JSONResponse(content, status_code=status, headers=headers)
 
 
 async def _service_error(request: Request, exc: Exception) -> JSONResponse:
@@ -69,15 +76,39 @@ async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
     return error_response(request.url.path, 500, "internal error; the server logged it")
 
 
+_KINDS = {
+    "int_type": "a JSON integer",
+    "int_parsing": "a JSON integer",
+    "int_from_float": "a JSON integer",
+    "bool_type": "a JSON boolean",
+    "bool_parsing": "a JSON boolean",
+}
+
+
+def _describe(problem: dict[str, object]) -> str:
+    where = problem.get("loc", ())
+    path = where if isinstance(where, tuple | list) else ()
+    loc = ".".join(str(p) for p in path if p not in ("body", "query"))
+    kind = problem.get("type")
+    message = str(problem.get("msg", "invalid"))
+    ctx = problem.get("ctx")
+    if kind == "extra_forbidden" and not (isinstance(ctx, dict) and "names" in ctx):
+        return f"unknown argument {quote(loc)}"
+    if kind == "string_unicode":  # a lone UTF-16 surrogate, from a "\ud800" escape
+        got = f"; got {json_value(problem['input'])}" if "input" in problem else ""
+        return f"{loc or 'value'} must be valid Unicode (no lone UTF-16 surrogate){got}"
+    if kind in _KINDS and "input" in problem:
+        return f"{loc or 'value'} must be {_KINDS[str(kind)]}; got {json_value(problem['input'])}"
+    return f"{loc}: {message}" if loc else message
+
+
 def describe_validation(problems: object) -> str:
-    """pydantic/FastAPI validation errors as one sentence a person can act on."""
-    parts = []
-    for problem in problems if isinstance(problems, list) else []:
-        loc = ".".join(str(p) for p in problem.get("loc", ()) if p not in ("body", "query"))
-        if problem.get("type") == "extra_forbidden":
-            parts.append(f"unknown argument {loc!r}")
-        else:
-            parts.append(f"{loc}: {problem.get('msg', 'invalid')}" if loc else problem["msg"])
+    """pydantic/FastAPI validation errors as one sentence a person can act on: the
+    first MAX_PROBLEMS of them, and how many more."""
+    items = problems if isinstance(problems, list) else []
+    parts = [_describe(p) for p in items[:MAX_PROBLEMS] if isinstance(p, dict)]
+    if len(items) > MAX_PROBLEMS:
+        parts.append(f"and {len(items) - MAX_PROBLEMS} more problems")
     return "; ".join(parts) or "invalid request"
 
 

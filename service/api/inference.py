@@ -1,15 +1,57 @@
-"""What v1 and v2 share once a request is decoded: the class dimension and the engine call."""
+"""What v1 and v2 share once a request is parsed: tensors still to decode, the class
+dimension, the cost of a call (for admission) and the engine call itself."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from service.api import metrics
+from service.api.pipeline import Cost
+from service.codecs import json_tensor
+from service.codecs.json_document import JsonTensor
 from service.engine.engine import Engine, LossResult
-from service.engine.types import SPARSE_OP
-from service.errors import InvalidArgument
+from service.engine.types import SPARSE_OP, DType
+from service.errors import InvalidArgument, UnsupportedDtype
+
+# Bytes a JSON output element may take as text (float64's longest shortest form is 24
+# characters, a separator and brackets around it), and what writing it holds besides.
+JSON_BYTES_PER_ELEMENT = 48
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A JSON tensor whose shape is known and whose numbers are not converted yet: the
+    conversion waits until the request's memory is granted."""
+
+    tensor: JsonTensor
+    dtype: DType
+    name: str
+    shape: tuple[int, ...]  # the tensor's own, or the one a v2 input declares for it
+
+    def decode(self) -> np.ndarray:
+        return json_tensor.decode(self.tensor, self.dtype, self.name).reshape(self.shape)
+
+
+Tensor = np.ndarray | Pending
+
+
+def pending(tensor: JsonTensor, dtype: DType, name: str, shape: tuple[int, ...]) -> Pending:
+    """A JSON tensor to decode later; 422 now for what its structure already shows
+    (jagged, nested too deep)."""
+    if tensor.problem is not None:
+        raise InvalidArgument(f"{name} {tensor.problem}")
+    return Pending(tensor, dtype, name, shape)
+
+
+def from_json(value: object, dtype: DType, name: str) -> Tensor:
+    """A tensor member of a JSON document: big ones stay pending, small ones (from the
+    document's skeleton: a scalar, a list of strings) are decoded now."""
+    if isinstance(value, JsonTensor):
+        return pending(value, dtype, name, value.shape)
+    return json_tensor.decode(value, dtype, name)
 
 
 def class_dim(dim: object, axis: object) -> int:
@@ -22,15 +64,51 @@ def class_dim(dim: object, axis: object) -> int:
     return value
 
 
+def _spec(name: str, tensor: Tensor) -> tuple[tuple[int, ...], DType]:
+    if isinstance(tensor, Pending):
+        return tensor.shape, tensor.dtype
+    dtype = DType.of(tensor)
+    if dtype is None:
+        raise UnsupportedDtype(f"{name} has dtype {tensor.dtype}, which is not supported")
+    return tensor.shape, dtype
+
+
+def cost_of(
+    engine: Engine,
+    op: str,
+    tensors: Mapping[str, Tensor],
+    *,
+    outputs: Sequence[str],
+    dim: int,
+    json_outputs: bool,
+) -> Cost:
+    """What `compute` and encoding will hold, from shapes and dtypes; 422 for arguments the
+    engine would refuse, before anything is allocated."""
+    specs = {name: _spec(name, tensor) for name, tensor in tensors.items()}
+    plan = engine.plan(
+        op,
+        labels=specs["labels"],
+        logits=specs["logits"],
+        grad_loss=specs.get("grad_loss"),
+        outputs=outputs,
+        dim=dim,
+    )
+    decoded = sum(t.tensor.decode_cost(t.dtype) for t in tensors.values() if isinstance(t, Pending))
+    itemsize = specs["logits"][1].numpy.itemsize
+    encoded = plan.output_bytes // itemsize * JSON_BYTES_PER_ELEMENT if json_outputs else 0
+    return Cost(decoded + plan.output_bytes + plan.work_bytes + encoded, plan.elements)
+
+
 def compute(
     engine: Engine,
     op: str,
-    arrays: Mapping[str, np.ndarray],
+    tensors: Mapping[str, Tensor],
     *,
     outputs: Sequence[str],
     dim: int = -1,
 ) -> LossResult:
-    """Run `op` on named arrays (labels, logits, optional grad_loss), timed for /metrics."""
+    """Decode pending tensors, run `op` (labels, logits, optional grad_loss), timed for /metrics."""
+    arrays = {n: t.decode() if isinstance(t, Pending) else t for n, t in tensors.items()}
 
     def run() -> LossResult:
         if op == SPARSE_OP:

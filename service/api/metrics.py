@@ -1,7 +1,10 @@
 """Prometheus metrics (prometheus-client) and the ASGI middleware that records them.
 
 With several uvicorn workers, `python -m service` points PROMETHEUS_MULTIPROC_DIR at
-a private directory, so that `/metrics` adds up every worker.
+a private directory, so that `/metrics` adds up every worker. Its supervisor
+(`service.__main__.Supervisor`) drops the live gauges of a worker that dies, so a worker
+killed mid-request leaves nothing counted in flight, and the directory is removed when
+the server exits.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 from starlette.background import BackgroundTask
 from starlette.responses import Response
@@ -10,7 +10,8 @@ from starlette.types import Receive, Scope, Send
 
 
 class BuffersResponse(Response):
-    """Sends `buffers` one after the other, with an exact Content-Length."""
+    """Sends `buffers` one after the other, with an exact Content-Length; `done` is called
+    once they are sent, or the sending failed (the client went away)."""
 
     def __init__(
         self,
@@ -19,17 +20,30 @@ class BuffersResponse(Response):
         media_type: str,
         headers: Mapping[str, str] | None = None,
         background: BackgroundTask | None = None,
+        done: Callable[[], None] | None = None,
     ) -> None:
         self.buffers = list(buffers)
+        self.done = done
         super().__init__(headers=headers, media_type=media_type, background=background)
         self.headers["content-length"] = str(sum(len(b) for b in self.buffers))
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send(
-            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
-        )
-        last = len(self.buffers) - 1
-        for index, buffer in enumerate(self.buffers):
-            await send({"type": "http.response.body", "body": buffer, "more_body": index < last})
+        try:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": self.status_code,
+                    "headers": self.raw_headers,
+                }
+            )
+            last = len(self.buffers) - 1
+            for index, buffer in enumerate(self.buffers):
+                await send(
+                    {"type": "http.response.body", "body": buffer, "more_body": index < last}
+                )
+        finally:
+            self.buffers = []
+            if self.done is not None:
+                self.done()
         if self.background is not None:
             await self.background()

@@ -10,22 +10,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import numpy as np
-import orjson
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import QueryParams
 
-from service.api import openapi
+from service.api import inference, openapi
+from service.api.body import Body
 from service.api.deps import runtime
 from service.api.errors import describe_validation
-from service.api.inference import class_dim, compute
-from service.api.limits import process
+from service.api.inference import Tensor, class_dim, compute, from_json
+from service.api.pipeline import Cost, Encoded, serve
 from service.api.routing import DirectRoute
-from service.codecs import json_tensor, safetensors
-from service.engine.engine import Engine, LossResult
+from service.codecs import json_document, json_tensor, safetensors, text
+from service.engine.engine import LossResult
 from service.engine.types import SOFT_OP, SPARSE_OP, DType
-from service.errors import InvalidArgument, MalformedBody, UnsupportedMediaType
+from service.errors import InvalidArgument, UnsupportedMediaType
 from service.schemas import ErrorDetail, LossRequest, LossResponse, SparseLossRequest
 
 router = APIRouter(prefix="/v1", tags=["native"], route_class=DirectRoute)
@@ -83,13 +82,8 @@ NO_QUERY = QueryArguments(None, None, None, None)
 
 
 def _integer(params: QueryParams, key: str) -> int | None:
-    text = params.get(key)
-    if text is None:
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise InvalidArgument(f"{key} must be an integer; got {text[:40]!r}") from None
+    value = params.get(key)
+    return None if value is None else text.ascii_int(value, key, signed=True)
 
 
 def _query_parameter(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -118,20 +112,20 @@ QUERY_PARAMETERS = {
 
 @dataclass(frozen=True)
 class Call:
-    """One decoded request, whatever its wire format."""
+    """One parsed request, whatever its wire format."""
 
-    arrays: dict[str, np.ndarray]
+    tensors: dict[str, Tensor]
     outputs: list[str]
     name: str | None
     dim: int = -1
 
 
-def parse_arguments(body: bytes | bytearray, model: type[Model]) -> Model:
-    """JSON bytes as a request model; only a JSON object of named arguments is accepted."""
-    try:
-        document = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise MalformedBody(f"body is not valid JSON: {exc}") from None
+def parse_arguments(body: Body, model: type[Model]) -> Model:
+    """JSON bytes as a request model; only a JSON object of named arguments is accepted.
+
+    Tensors stay JsonTensor placeholders (json_document): their numbers are converted
+    once the request's memory is granted."""
+    document = json_document.loads(body, bare_non_finite=False)
     if not isinstance(document, dict):
         raise InvalidArgument(
             "arguments must be named: send a JSON object such as "
@@ -147,38 +141,38 @@ def parse_arguments(body: bytes | bytearray, model: type[Model]) -> Model:
         raise InvalidArgument(message) from None
 
 
-def _decode_optional(value: Any, dtype: DType, name: str) -> dict[str, np.ndarray]:
-    return {} if value is None else {name: json_tensor.decode(value, dtype, name)}
+def _optional(value: Any, dtype: DType, name: str) -> dict[str, Tensor]:
+    return {} if value is None else {name: from_json(value, dtype, name)}
 
 
-def _soft_from_json(body: bytes | bytearray) -> Call:
+def _soft_from_json(body: Body) -> Call:
     args = parse_arguments(body, LossRequest)
     dtype = DType[args.dtype]
-    arrays = {
-        "labels": json_tensor.decode(args.labels, dtype, "labels"),
-        "logits": json_tensor.decode(args.logits, dtype, "logits"),
-        **_decode_optional(args.grad_loss, dtype, "grad_loss"),
+    tensors = {
+        "labels": from_json(args.labels, dtype, "labels"),
+        "logits": from_json(args.logits, dtype, "logits"),
+        **_optional(args.grad_loss, dtype, "grad_loss"),
     }
-    return Call(arrays, list(args.outputs), args.name, class_dim(args.dim, args.axis))
+    return Call(tensors, list(args.outputs), args.name, class_dim(args.dim, args.axis))
 
 
-def _sparse_from_json(body: bytes | bytearray) -> Call:
+def _sparse_from_json(body: Body) -> Call:
     args = parse_arguments(body, SparseLossRequest)
     dtype = DType[args.dtype]
-    arrays = {
-        "labels": json_tensor.decode(args.labels, DType[args.labels_dtype], "labels"),
-        "logits": json_tensor.decode(args.logits, dtype, "logits"),
-        **_decode_optional(args.grad_loss, dtype, "grad_loss"),
+    tensors = {
+        "labels": from_json(args.labels, DType[args.labels_dtype], "labels"),
+        "logits": from_json(args.logits, dtype, "logits"),
+        **_optional(args.grad_loss, dtype, "grad_loss"),
     }
-    return Call(arrays, list(args.outputs), args.name)
+    return Call(tensors, list(args.outputs), args.name)
 
 
-def _from_safetensors(body: bytes | bytearray, query: QueryArguments) -> Call:
-    arrays = safetensors.decode(body)
+def _from_safetensors(body: Body, query: QueryArguments) -> Call:
+    arrays: dict[str, Tensor] = dict(safetensors.decode(body))
     unknown = sorted(set(arrays) - {"labels", "logits", "grad_loss"})
     if unknown:
         raise InvalidArgument(
-            f"unknown tensor(s) {', '.join(unknown)}; send labels, logits and optionally grad_loss"
+            f"unknown tensor(s) {text.some(unknown)}; send labels, logits and optionally grad_loss"
         )
     missing = [n for n in ("labels", "logits") if n not in arrays]
     if missing:
@@ -201,29 +195,6 @@ def encode_safetensors(result: LossResult, name: str | None) -> bytes:
     return safetensors.encode(dict(result.items()), metadata)
 
 
-def _handle(
-    body: bytes | bytearray,
-    media_type: str,
-    query: QueryArguments,
-    wants_safetensors: bool,
-    engine: Engine,
-    sparse: bool,
-) -> bytes:
-    """Decode, compute, encode: the blocking part of a request, run off the event loop."""
-    if media_type == SAFETENSORS:
-        call = _from_safetensors(body, query)
-    else:
-        if query.given():
-            raise InvalidArgument(
-                f"query parameter(s) {', '.join(query.given())} apply to safetensors bodies; "
-                "with JSON put them in the object"
-            )
-        call = (_sparse_from_json if sparse else _soft_from_json)(body)
-    op = SPARSE_OP if sparse else SOFT_OP
-    result = compute(engine, op, call.arrays, outputs=call.outputs, dim=call.dim)
-    return (encode_safetensors if wants_safetensors else encode_json)(result, call.name)
-
-
 async def _serve(request: Request, *, sparse: bool) -> Response:
     query = QueryArguments.of(request)
     if sparse and (query.dim is not None or query.axis is not None):
@@ -234,19 +205,40 @@ async def _serve(request: Request, *, sparse: bool) -> Response:
         raise UnsupportedMediaType(
             f"Content-Type {media_type!r} is not supported; send {JSON} or {SAFETENSORS}"
         )
-    wants_safetensors = SAFETENSORS in request.headers.get("accept", "")
+    if media_type == JSON and query.given():
+        raise InvalidArgument(
+            f"query parameter(s) {', '.join(query.given())} apply to safetensors bodies; "
+            "with JSON put them in the object"
+        )
+    wants_safetensors = text.accepts(request.headers.get("accept", ""), SAFETENSORS)
     settings = env.settings
-    limit = settings.max_request_bytes
+    op = SPARSE_OP if sparse else SOFT_OP
+    answer_type = SAFETENSORS if wants_safetensors else JSON
+
+    def parse(body: Body) -> Call:
+        if media_type == SAFETENSORS:
+            return _from_safetensors(body, query)
+        return (_sparse_from_json if sparse else _soft_from_json)(body)
+
+    def cost(call: Call) -> Cost:
+        json_out = not wants_safetensors
+        return inference.cost_of(
+            env.engine, op, call.tensors, outputs=call.outputs, dim=call.dim, json_outputs=json_out
+        )
+
+    def run(call: Call) -> Encoded:
+        result = compute(env.engine, op, call.tensors, outputs=call.outputs, dim=call.dim)
+        encode = encode_safetensors if wants_safetensors else encode_json
+        return Encoded([encode(result, call.name)], answer_type)
+
     if media_type == JSON:
-        limit = min(limit, settings.max_json_bytes)
-    content = await process(
-        request,
-        env.in_flight,
-        max_bytes=limit,
-        body_timeout=settings.body_timeout,
-        work=lambda body: _handle(body, media_type, query, wants_safetensors, env.engine, sparse),
+        limit = min(settings.max_request_bytes, settings.max_json_bytes)
+        parse_cost = json_document.parse_cost
+    else:
+        limit, parse_cost = settings.max_request_bytes, safetensors.parse_cost
+    return await serve(
+        request, env, limit=limit, parse=parse, parse_cost=parse_cost, cost=cost, run=run
     )
-    return Response(content, media_type=SAFETENSORS if wants_safetensors else JSON)
 
 
 def _openapi(model: type[BaseModel], *parameters: str) -> dict[str, Any]:

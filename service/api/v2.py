@@ -6,31 +6,33 @@ and splits it at `Inference-Header-Content-Length`. Errors are `{"error": ...}`.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 from fastapi import APIRouter, Request, Response
 from pydantic import ValidationError
 
 from service import __version__
 from service.api import openapi
+from service.api.body import Body
 from service.api.deps import EngineDep, runtime
 from service.api.errors import describe_validation
-from service.api.inference import class_dim, compute
-from service.api.limits import process
-from service.api.responses import BuffersResponse
+from service.api.inference import Pending, Tensor, class_dim, compute, cost_of, pending
+from service.api.pipeline import Cost, Encoded, serve
 from service.api.routing import DirectRoute
-from service.codecs import v2
+from service.codecs import json_document, shapes, v2
+from service.codecs.json_document import JsonTensor
 from service.engine.engine import Engine
 from service.engine.types import SOFT_OP, SOFT_OUTPUTS, SPARSE_OP, SPARSE_OUTPUTS, Output
-from service.errors import InvalidArgument, MalformedBody, ModelNotFound
+from service.errors import InvalidArgument, MalformedBody, ModelNotFound, PayloadTooLarge
 from service.schemas import (
     InferenceRequest,
     InferenceResponse,
     InferParameters,
     ModelMetadata,
     ModelReady,
+    RequestInput,
     ServerMetadata,
     TensorMetadata,
     V2Error,
@@ -88,28 +90,42 @@ def _model(name: str) -> ModelSpec:
     return spec
 
 
-def infer(
-    name: str, spec: ModelSpec, body: bytes | bytearray, header_length: str | None, engine: Engine
-) -> tuple[list[bytes | memoryview], int | None]:
-    """Decode a v2 body, run the model, encode the response: the blocking part of a request."""
+@dataclass(frozen=True)
+class V2Call:
+    """One parsed inference request."""
+
+    model: str
+    tensors: dict[str, Tensor]
+    outputs: dict[Output, bool]  # name -> binary
+    dim: int
+    request_id: str | None
+
+
+def parse(name: str, spec: ModelSpec, body: Body, header_length: int | None) -> V2Call:
+    """Split a v2 body, parse its JSON header, find its inputs (binary ones are views of
+    the body, JSON ones stay pending until memory is granted)."""
     if not body:
         raise MalformedBody("the request body is empty; send an inference request")
     header, binary = v2.split(body, header_length)
+    document = json_document.loads(header, bare_non_finite=True)
     try:
-        request = InferenceRequest.model_validate(v2.parse_header(header))
+        request = InferenceRequest.model_validate(document)
     except ValidationError as exc:
         raise InvalidArgument(f"inference request: {describe_validation(exc.errors())}") from None
     params = request.parameters or InferParameters()
     reader = v2.BinaryReader(binary)
-    arrays: dict[str, np.ndarray] = {}
+    tensors: dict[str, Tensor] = {}
     for item in request.inputs:
         if item.name not in spec.input_names:
             raise InvalidArgument(
                 f"model {name!r} has no input {item.name!r}; inputs: {', '.join(spec.input_names)}"
             )
-        if item.name in arrays:
+        if item.name in tensors:
             raise InvalidArgument(f"input {item.name!r} is given twice")
-        arrays[item.name] = v2.decode_input(
+        if isinstance(item.data, JsonTensor):
+            tensors[item.name] = _pending(item)
+            continue
+        tensors[item.name] = v2.decode_input(
             name=item.name,
             shape=item.shape,
             wire_datatype=item.datatype,
@@ -118,7 +134,7 @@ def infer(
             reader=reader,
         )
     reader.finish()
-    missing = [n for n in ("labels", "logits") if n not in arrays]
+    missing = [n for n in ("labels", "logits") if n not in tensors]
     if missing:
         raise InvalidArgument(f"model {name!r} needs input(s) {', '.join(missing)}")
 
@@ -134,11 +150,49 @@ def infer(
                 )
             asked = out.parameters.binary_data if out.parameters else None
             wanted[out.name] = bool(asked if asked is not None else params.binary_data_output)
-    names = [o for o in spec.outputs if o in wanted]
+    ordered = {o: wanted[o] for o in spec.outputs if o in wanted}
     dim = class_dim(params.dim, params.axis) if name == SOFT_OP else -1
-    result = compute(engine, name, arrays, outputs=names, dim=dim)
-    outputs = [v2.OutputTensor(n, a, wanted[n]) for n, a in result.items()]
-    return v2.encode_response(model_name=name, request_id=request.id, outputs=outputs)
+    return V2Call(name, tensors, ordered, dim, request.id)
+
+
+def _pending(item: RequestInput) -> Pending:
+    """A JSON input whose numbers wait for the request's memory: its declared datatype and
+    shape checked against what the document holds."""
+    assert isinstance(item.data, JsonTensor)
+    what = f"input {item.name!r}"
+    dtype = v2.datatype(item.name, item.datatype)
+    shapes.check(item.shape, what)
+    if item.parameters is not None and item.parameters.binary_data_size is not None:
+        raise InvalidArgument(f"{what} has both data and binary_data_size")
+    count, given = math.prod(item.shape), item.data.size
+    if item.data.problem is None and given != count:
+        raise InvalidArgument(f"{what} has {given} values but shape {item.shape} needs {count}")
+    return pending(item.data, dtype, what, tuple(item.shape))
+
+
+def cost(engine: Engine, call: V2Call) -> Cost:
+    return cost_of(
+        engine,
+        call.model,
+        call.tensors,
+        outputs=list(call.outputs),
+        dim=call.dim,
+        json_outputs=not all(call.outputs.values()),
+    )
+
+
+def run(engine: Engine, call: V2Call) -> Encoded:
+    """Compute and encode: the response's JSON header, then each binary output's bytes."""
+    result = compute(engine, call.model, call.tensors, outputs=list(call.outputs), dim=call.dim)
+    outputs = [v2.OutputTensor(n, a, call.outputs[n]) for n, a in result.items()]
+    chunks, json_length = v2.encode_response(
+        model_name=call.model, request_id=call.request_id, outputs=outputs
+    )
+    if json_length is None:
+        return Encoded(chunks, "application/json")
+    return Encoded(
+        chunks, "application/octet-stream", {"Inference-Header-Content-Length": str(json_length)}
+    )
 
 
 V2_ERROR_TEXT = {
@@ -240,18 +294,26 @@ async def model_infer(request: Request) -> Response:
     model: str = request.path_params["model"]
     spec = _model(model)
     env = runtime(request)
-    header_length = request.headers.get(v2.HEADER_LENGTH)
-    chunks, json_length = await process(
+    settings = env.settings
+    header_length = v2.header_length(request.headers.get(v2.HEADER_LENGTH))
+    json_limit = settings.max_json_bytes
+    if header_length is None:  # all JSON
+        limit = min(settings.max_request_bytes, json_limit)
+    elif header_length > json_limit:
+        raise PayloadTooLarge(
+            f"the inference header of {header_length} bytes is larger than the JSON limit of "
+            f"{json_limit} bytes (SCE_MAX_JSON_BYTES); send tensors as binary data"
+        )
+    else:
+        limit = settings.max_request_bytes
+    return await serve(
         request,
-        env.in_flight,
-        max_bytes=env.settings.max_request_bytes,
-        body_timeout=env.settings.body_timeout,
-        work=lambda body: infer(model, spec, body, header_length, env.engine),
-    )
-    if json_length is None:
-        return BuffersResponse(chunks, media_type="application/json")
-    return BuffersResponse(
-        chunks,
-        media_type="application/octet-stream",
-        headers={"Inference-Header-Content-Length": str(json_length)},
+        env,
+        limit=limit,
+        parse=lambda body: parse(model, spec, body, header_length),
+        parse_cost=lambda size: json_document.parse_cost(
+            size if header_length is None else header_length
+        ),
+        cost=lambda call: cost(env.engine, call),
+        run=lambda call: run(env.engine, call),
     )

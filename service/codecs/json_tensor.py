@@ -1,111 +1,205 @@
-"""Nested JSON lists <-> numpy arrays, for the native API.
+"""JSON tensors <-> numpy arrays, for both APIs' JSON.
 
-Parsing is orjson's (Rust) and the list-to-array conversion numpy's (C): no Python
-loop touches individual numbers. Non-finite numbers travel as the strings
-"NaN", "Infinity" and "-Infinity", since JSON has no literal for them.
+Decoding: a `JsonTensor` from `json_document.loads` (the array's text, checked, its
+numbers converted straight to numpy), or a number or small list parsed as Python
+objects (written back to JSON by orjson and read the same way). Numbers follow JSON's
+grammar strictly; non-finite values are the strings "NaN", "Infinity", "-Infinity"
+(and, in v2 documents, the same bare literals, as Triton writes them); booleans, null
+and other strings are refused.
+
+Encoding: `encode_fragment` writes an array's nested lists as JSON text once (orjson
+writes the numbers, numpy splices in the non-finite ones), wrapped in orjson.Fragment
+so that a document holding it is serialised without a Python object per number.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import json
+import math
+from collections.abc import Iterator
+from typing import Any, Final
 
-import ml_dtypes
 import numpy as np
 import orjson
 
-from service.engine.types import MAX_RANK, DType
-from service.errors import InvalidArgument, ValueOutOfRange
+from service.codecs.json_document import NON_FINITE, JsonTensor, out_of_range, tensor
+from service.codecs.text import quote
+from service.engine.types import DType
+from service.errors import InvalidArgument, MalformedBody, ValueOutOfRange
 
-NON_FINITE = ("NaN", "Infinity", "-Infinity")
+__all__ = ["NON_FINITE", "JsonTensor", "decode", "dumps", "encode", "encode_fragment"]
 
-
-def _to_float64(name: str, array: np.ndarray) -> np.ndarray:
-    kind = array.dtype.kind
-    if kind in "iuf":
-        return array.astype(np.float64, copy=False)
-    if kind == "U":
-        # Mixed numbers and strings: numpy turned every element into text. Allow only
-        # numbers and the three spellings of non-finite values.
-        values = np.unique(array)
-        for text in values:
-            try:
-                number = float(text)
-            except ValueError:
-                break
-            if not np.isfinite(number) and text not in NON_FINITE:
-                break
-        else:
-            return array.astype(np.float64)
-        raise InvalidArgument(
-            f"{name} holds {str(text)[:40]!r}: values must be numbers, or one of "
-            f"{', '.join(NON_FINITE)} as strings"
-        )
-    if kind == "O":  # integers beyond int64 beside floats, or nulls and objects
-        numbers = all(type(v) in (int, float) for v in array.flat)
-        if numbers:
-            return array.astype(np.float64)
-    raise InvalidArgument(f"{name} must be a number or nested lists of numbers")
+# Non-finite values as each dialect writes them: the native API's strings, Triton's literals.
+_LITERALS: Final = {
+    False: (b'"NaN"', b'"Infinity"', b'"-Infinity"'),
+    True: (b"NaN", b"Infinity", b"-Infinity"),
+}
+_NUMBERS_ONLY = "must be a number or nested lists of numbers"
+#: numbers orjson writes at a time (and the splice handles): about 0.5 MB of text
+ENCODE_VALUES: Final = 1 << 15
 
 
 def decode(value: Any, dtype: DType, name: str) -> np.ndarray:
-    """A JSON value (number or nested lists) as an array of `dtype`; 422 on anything else."""
-    if isinstance(value, bool) or value is None or isinstance(value, dict):
-        raise InvalidArgument(f"{name} must be a number or nested lists of numbers")
-    try:
-        array = np.array(value)
-    except ValueError as exc:
-        if "maximum number of dimension" in str(exc):
-            raise InvalidArgument(f"{name} is nested deeper than {MAX_RANK} levels") from None
-        raise InvalidArgument(
-            f"{name} is jagged: the lists at each depth must all have the same length"
-        ) from None
-    if array.ndim > MAX_RANK:
-        raise InvalidArgument(f"{name} is nested deeper than {MAX_RANK} levels")
-    if array.dtype.kind == "b":
+    """A JSON value (a JsonTensor, a number, or nested lists) as an array of `dtype`;
+    422 on anything else."""
+    if isinstance(value, JsonTensor):
+        return value.decode(dtype, name)
+    if isinstance(value, bool):
         raise InvalidArgument(f"{name} must hold numbers, not booleans")
-    if array.size == 0:
-        return np.zeros(array.shape, dtype.numpy)
+    if isinstance(value, int | float):
+        return _scalar(value, dtype, name)
+    if isinstance(value, np.integer | np.floating):
+        return _scalar(value.item(), dtype, name)
+    if isinstance(value, str):
+        if value in NON_FINITE:
+            return _scalar(float(value), dtype, name)
+        raise InvalidArgument(
+            f"{name} holds {quote(value)}: values must be numbers, or one of "
+            f"{', '.join(NON_FINITE)} as strings"
+        )
+    if isinstance(value, list):
+        return _from_list(value, dtype, name)
+    raise InvalidArgument(f"{name} {_NUMBERS_ONLY}")
+
+
+def _scalar(value: int | float, dtype: DType, name: str) -> np.ndarray:
+    """A rank-0 array, as np.array(value).astype(dtype) (through float64) but checked."""
     if not dtype.is_float:
-        if array.dtype.kind not in "iu":
+        if isinstance(value, float):
             raise InvalidArgument(f"{name} must hold integers (class indices)")
         info = np.iinfo(dtype.numpy)  # type: ignore[type-var]
-        if array.min() < info.min or array.max() > info.max:
-            raise ValueOutOfRange(f"{name} holds a value outside the range of {dtype.name}")
-        return array.astype(dtype.numpy)
-    wide = _to_float64(name, array)
+        if not info.min <= value <= info.max:
+            raise ValueOutOfRange(f"{name} holds {value}, outside the range of {dtype.name}")
+        return np.array(value, dtype.numpy)
+    try:
+        wide = np.array(float(value), np.float64)
+    except OverflowError:  # an integer beyond float64
+        wide = np.array(math.inf if value > 0 else -math.inf)
+    if math.isinf(float(wide)) and not (isinstance(value, float) and math.isinf(value)):
+        raise out_of_range(name, quote(value), DType.float64)
     with np.errstate(over="ignore"):
         narrow = wide.astype(dtype.numpy)
-    if dtype is not DType.float64:
-        overflow = np.isinf(narrow) & np.isfinite(wide)
-        if overflow.any():
-            bad = wide[overflow].flat[0]
-            # numpy's finfo does not know bfloat16; ml_dtypes' knows every float type
-            largest = float(ml_dtypes.finfo(dtype.numpy).max)  # type: ignore[no-untyped-call]
-            raise ValueOutOfRange(
-                f"{name} holds {bad:g}, which {dtype.name} cannot represent "
-                f"(largest finite {largest:g}); send a wider dtype"
-            )
+    if np.isinf(narrow) and np.isfinite(wide):
+        raise out_of_range(name, f"{float(wide):g}", dtype)
     return narrow
 
 
+def _from_list(value: list[Any], dtype: DType, name: str) -> np.ndarray:
+    """Nested Python lists (as orjson.loads made them) through the same strict reader."""
+    try:
+        text = orjson.dumps(value, default=_fragment_of)
+        bare = False
+        if b"null" in text:  # orjson writes float("nan") and inf as null; json keeps them
+            text, bare = json.dumps(value, default=_fragment_text).encode(), True
+    except (TypeError, ValueError):  # integers beyond 64 bits: json writes them
+        try:
+            text, bare = json.dumps(value, default=_fragment_text).encode(), True
+        except (TypeError, ValueError):
+            raise InvalidArgument(f"{name} {_NUMBERS_ONLY}") from None
+    try:
+        return tensor(text, bare_non_finite=bare).decode(dtype, name)
+    except MalformedBody:  # valid JSON by construction: objects, not numbers
+        raise InvalidArgument(f"{name} {_NUMBERS_ONLY}") from None
+
+
+def _fragment_of(value: Any) -> orjson.Fragment:
+    if isinstance(value, JsonTensor):
+        return orjson.Fragment(value.data[value.start : value.stop])
+    raise TypeError
+
+
+def _fragment_text(value: Any) -> Any:
+    if isinstance(value, JsonTensor):  # in a list beside objects: refused anyway
+        return {}
+    raise TypeError
+
+
+# --- encoding ----------------------------------------------------------------------
+
+
+def _wire(array: np.ndarray) -> np.ndarray:
+    """float32 and float64 as they are; float16 and bfloat16 (exact in float32) and
+    anything else that is not an integer as float32; C order, which orjson needs."""
+    if array.dtype.kind in "iu" or (array.dtype.kind == "f" and array.dtype.itemsize >= 4):
+        return np.asarray(array, order="C")
+    return np.asarray(array, dtype=np.float32, order="C")
+
+
+def encode_fragment(array: np.ndarray, *, bare_non_finite: bool) -> orjson.Fragment:
+    """The nested lists of `array` as JSON text (a number for rank 0), pre-serialised.
+
+    Non-finite values are the strings "NaN", "Infinity", "-Infinity", or with
+    `bare_non_finite` the bare literals that Triton writes. orjson writes the numbers
+    (null for non-finite ones: the k-th null is the k-th non-finite value in C order,
+    which numpy then writes over), so no Python object is made per number.
+    """
+    wire = _wire(array)
+    literals = _LITERALS[bare_non_finite]
+    if wire.ndim == 0:
+        value = wire.item()
+        if isinstance(value, float) and not math.isfinite(value):
+            return orjson.Fragment(literals[0 if math.isnan(value) else 1 if value > 0 else 2])
+        return orjson.Fragment(orjson.dumps(value))
+    return orjson.Fragment(_json_of(wire, literals))
+
+
+def _json_of(wire: np.ndarray, literals: tuple[bytes, ...]) -> bytes:
+    """The JSON text of `wire`, written by orjson in blocks of about ENCODE_VALUES
+    numbers (orjson's own buffer peaks at ~4x its output), then joined: peak memory
+    about twice the text."""
+    return b"".join(_json_pieces(wire, literals))
+
+
+def _json_pieces(wire: np.ndarray, literals: tuple[bytes, ...]) -> Iterator[bytes]:
+    if wire.size <= ENCODE_VALUES:
+        yield _json_block(wire, literals)
+        return
+    row = wire[0].size
+    yield b"["
+    if row > ENCODE_VALUES // 2:  # few rows, each large: one at a time
+        for i in range(wire.shape[0]):
+            if i:
+                yield b","
+            yield from _json_pieces(wire[i], literals)
+    else:
+        step = ENCODE_VALUES // row
+        for i in range(0, wire.shape[0], step):
+            if i:
+                yield b","
+            yield _json_block(wire[i : i + step], literals)[1:-1]
+    yield b"]"
+
+
+def _json_block(wire: np.ndarray, literals: tuple[bytes, ...]) -> bytes:
+    """orjson's text of `wire`, its k-th ``null`` replaced by the literal of the k-th
+    non-finite value (orjson writes them all as null)."""
+    text = orjson.dumps(wire, option=orjson.OPT_SERIALIZE_NUMPY)
+    if wire.dtype.kind != "f" or b"null" not in text:
+        return text
+    flat = wire.reshape(-1)
+    odd = flat[~np.isfinite(flat)]
+    kinds = (odd > 0).view(np.uint8) + 2 * (odd < 0).view(np.uint8)  # NaN 0, inf 1, -inf 2
+    present = np.flatnonzero(np.bincount(kinds, minlength=3)).tolist()
+    if len(present) == 1:  # all NaN, or all one infinity: one C-speed replace
+        return text.replace(b"null", literals[present[0]])
+    # Mixed: every null widened to a field as wide as the longest literal (the blanks
+    # are JSON whitespace), then each field written with its value's literal; "n"
+    # appears in orjson's numbers only in null.
+    width = max(len(literal) for literal in literals)
+    out = np.frombuffer(text.replace(b"null", b"null".ljust(width)), np.uint8).copy()
+    starts = np.flatnonzero(out == ord("n"))
+    chosen = np.array([list(literal.ljust(width)) for literal in literals], np.uint8)[kinds]
+    for j in range(width):
+        out[starts + j] = chosen[:, j]
+    return out.tobytes()
+
+
 def encode(array: np.ndarray) -> dict[str, Any]:
-    """``{"shape": [...], "data": nested lists}``, non-finite values as strings."""
-    shape = list(array.shape)
-    if array.dtype.kind == "f" and array.dtype.itemsize >= 4:
-        wire = np.asarray(array, order="C")
-    else:  # float16 and bfloat16 are exact in float32, which orjson writes natively
-        wire = np.asarray(array, dtype=np.float32, order="C")
-    if not np.isfinite(wire).all():
-        text = wire.astype(object)
-        text[np.isnan(wire)] = "NaN"
-        text[np.isposinf(wire)] = "Infinity"
-        text[np.isneginf(wire)] = "-Infinity"
-        return {"shape": shape, "data": text.tolist()}
-    if wire.ndim == 0:  # orjson serialises arrays of rank >= 1 only
-        return {"shape": shape, "data": wire.item()}
-    return {"shape": shape, "data": wire}
+    """``{"shape": [...], "data": nested lists}`` (the native API), non-finite values as
+    strings; `data` is an orjson.Fragment, for `dumps`."""
+    return {"shape": list(array.shape), "data": encode_fragment(array, bare_non_finite=False)}
 
 
 def dumps(document: dict[str, Any]) -> bytes:
-    """A response document (which may hold numpy arrays) as JSON bytes."""
+    """A response document (which may hold numpy arrays and fragments) as JSON bytes."""
     return orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)

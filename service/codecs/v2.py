@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,7 @@ import numpy as np
 import orjson
 
 from service.codecs import json_tensor, shapes
+from service.codecs.text import ascii_int, quote
 from service.engine.types import DType
 from service.errors import InvalidArgument, MalformedBody, UnsupportedDtype
 
@@ -32,37 +34,74 @@ DATATYPES = {
 }
 WIRE_NAMES = {dtype: wire for wire, dtype in DATATYPES.items()}
 
-Body = bytes | bytearray
+Body = bytes | bytearray | memoryview
 
 
-def split(body: Body, header_length: str | None) -> tuple[memoryview, memoryview]:
+def header_length(value: str | None) -> int | None:
+    """The `Inference-Header-Content-Length` header: None, or a plain decimal integer."""
+    if value is None:
+        return None
+    return ascii_int(value, "Inference-Header-Content-Length", error=MalformedBody)
+
+
+def split(body: Body, length: int | None) -> tuple[memoryview, memoryview]:
     """The JSON header and the binary section of a request body."""
     view = memoryview(body)
-    if header_length is None:
+    if length is None:
         return view, view[len(view) :]
-    try:
-        length = int(header_length)
-    except ValueError:
-        raise MalformedBody(
-            f"Inference-Header-Content-Length {header_length[:32]!r} is not a number"
-        ) from None
-    if not 0 <= length <= len(view):
+    if length > len(view):
         raise MalformedBody(
             f"Inference-Header-Content-Length {length} is outside the body of {len(view)} bytes"
         )
     return view[:length], view[length:]
 
 
+_MAX_INT = 1 << 64  # orjson reads integers in [-2**63, 2**64) as ints, others as floats
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+
+
+def _orjson_int(text: str) -> int | float:
+    """An integer literal as orjson reads it: beyond 64 bits a float, and an error where
+    that is infinite (Python's json would make a 400-digit int that numpy cannot hold)."""
+    value = int(text) if len(text) <= 21 else None
+    if value is not None and -(1 << 63) <= value < _MAX_INT:
+        return value
+    number = float(text)
+    if math.isinf(number):
+        raise ValueError(f"integer of {len(text.lstrip('-'))} digits is infinite as a double")
+    return number
+
+
 def parse_header(header: memoryview) -> Any:
-    """The JSON header. Bare NaN/Infinity (as Triton's client writes them) are accepted."""
+    """The JSON header. Bare NaN/Infinity (as Triton's client writes them) are accepted.
+
+    orjson reads every header; only one that it refuses and that holds a non-finite
+    literal is read again by Python's json, strictly: UTF-8 only (json would also guess
+    UTF-16 and UTF-32), integers as orjson reads them, no lone surrogate in any string.
+    """
     try:
         return orjson.loads(header)
     except orjson.JSONDecodeError as exc:
         first_error = exc
+    raw = bytes(header)
+    if b"NaN" not in raw and b"Infinity" not in raw:
+        raise MalformedBody(f"inference header is not valid JSON: {first_error}")
     try:  # the slow path, only for headers with non-finite literals
-        return json.loads(bytes(header))
-    except (ValueError, RecursionError):
+        text = raw.decode("utf-8")
+        document = json.loads(text, parse_int=_orjson_int)
+    except UnicodeDecodeError:
         raise MalformedBody(f"inference header is not valid JSON: {first_error}") from None
+    except (ValueError, RecursionError) as exc:
+        raise MalformedBody(f"inference header is not valid JSON: {exc}") from None
+    if _SURROGATE_ESCAPE.search(text):  # paired surrogates are fine; orjson finds lone ones
+        try:
+            orjson.dumps(document)
+        except orjson.JSONEncodeError:
+            raise MalformedBody(
+                "inference header is not valid JSON: a string holds a lone UTF-16 surrogate "
+                "(a \\ud800-\\udfff escape without its pair)"
+            ) from None
+    return document
 
 
 def datatype(name: str, wire: str) -> DType:
@@ -70,7 +109,7 @@ def datatype(name: str, wire: str) -> DType:
     dtype = DATATYPES.get(wire)
     if dtype is None:
         raise UnsupportedDtype(
-            f"input {name!r} has datatype {wire!r}; supported: {', '.join(DATATYPES)}"
+            f"input {quote(name)} has datatype {quote(wire)}; supported: {', '.join(DATATYPES)}"
         )
     return dtype
 
@@ -86,7 +125,7 @@ class BinaryReader:
         end = self._offset + size
         if end > len(self._data):
             raise MalformedBody(
-                f"binary data of input {name!r} ({size} bytes at offset {self._offset}) runs "
+                f"binary data of input {quote(name)} ({size} bytes at offset {self._offset}) runs "
                 f"past the end of the body ({len(self._data)} bytes of binary data)"
             )
         chunk = self._data[self._offset : end]
@@ -110,28 +149,28 @@ def decode_input(
 ) -> np.ndarray:
     """One input tensor, from its JSON `data` or its slice of the binary section."""
     dtype = datatype(name, wire_datatype)
-    what = f"input {name!r}"
+    what = f"input {quote(name)}"
     shapes.check(shape, what)
     count = math.prod(shape)  # Python ints: no overflow, whatever the header claims
     if binary_data_size is not None:
         if data is not None:
-            raise InvalidArgument(f"input {name!r} has both data and binary_data_size")
+            raise InvalidArgument(f"{what} has both data and binary_data_size")
         if not isinstance(binary_data_size, int) or isinstance(binary_data_size, bool):
-            raise MalformedBody(f"binary_data_size of input {name!r} must be an integer")
+            raise MalformedBody(f"binary_data_size of {what} must be a JSON integer")
         needed = count * dtype.numpy.itemsize
         if binary_data_size != needed:
             raise MalformedBody(
-                f"input {name!r} declares {binary_data_size} bytes but shape {list(shape)} of "
+                f"{what} declares {binary_data_size} bytes but shape {list(shape)} of "
                 f"{wire_datatype} needs {needed}"
             )
         chunk = reader.take(name, binary_data_size)
         return np.frombuffer(chunk, dtype.numpy).reshape(shape)
     if data is None:
-        raise InvalidArgument(f"input {name!r} has neither data nor binary_data_size")
-    array = json_tensor.decode(data, dtype, f"input {name!r}")
+        raise InvalidArgument(f"{what} has neither data nor binary_data_size")
+    array = json_tensor.decode(data, dtype, what)
     if array.size != count:
         raise InvalidArgument(
-            f"input {name!r} has {array.size} values but shape {list(shape)} needs {count}"
+            f"{what} has {array.size} values but shape {list(shape)} needs {count}"
         )
     return array.reshape(shape)
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 import logging
 import math
 import os
+import threading
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import onnx
@@ -60,8 +62,54 @@ def usable_cpus(root: Path = Path("/sys/fs/cgroup")) -> int:
     return max(1, cpus)
 
 
-def session_options(intra_op_threads: int) -> ort.SessionOptions:
-    """Explicit options: one thread pool sized for this container, full graph optimisation."""
+# Where a session's intermediates come from (the inputs and outputs are the caller's numpy
+# buffers, bound in place). ONNX Runtime gives each session its own CPU arena by default,
+# and an arena keeps its high-water mark: the engine's ~80 sessions (one per dtype, layout
+# and output subset) each kept 14-150 MiB after one large call, so that a server that had
+# seen every kind of request held the sum of them all, out of proportion to any request.
+#   "shared": one arena for every session of the process (the default). It keeps the
+#     high-water mark of the calls in flight at once (what the per-request budget admits),
+#     whichever sessions ran them: 25-45 MiB after 8192x4096 calls through 14 sessions,
+#     against 274 MiB with an arena each, at the same speed (bench/engine_memory.py arena).
+#   "session": an arena per session (ONNX Runtime's default; kept for the bench's A/B).
+#   "none": no arena, malloc and free. glibc keeps the freed blocks all the same (its
+#     mmap threshold rises to the blocks' size after the first free), and the big calls
+#     ran 1.2-1.35x slower; with a fixed low mmap threshold they are returned, at 2x.
+# (A session arena shrunk after each run, RunOptions memory.enable_memory_arena_shrinkage,
+# made a 32x10 call 2.7x slower and kept more than the shared arena: not offered.)
+Allocator = Literal["shared", "session", "none"]
+
+# The shared arena grows by what is asked, not by doubling regions (kNextPowerOfTwo), so
+# that its size follows the largest calls' needs; max_mem 0 is ONNX Runtime's default (no
+# cap): the server's admission of requests by their planned memory is what bounds it, and
+# a cap would turn a call past it into a failed run, not into a wait.
+SHARED_ARENA = {"max_mem": 0, "arena_extend_strategy": 1}  # 1: kSameAsRequested
+_shared_arena_lock = threading.Lock()
+_shared_arena_registered = False
+
+
+def register_shared_arena() -> None:
+    """Register, once per process, the CPU arena that sessions made with "shared" use.
+
+    It lives in ONNX Runtime's process-wide environment, beside every session of every
+    engine in this process; a session takes it with `session.use_env_allocators`.
+    """
+    global _shared_arena_registered
+    with _shared_arena_lock:
+        if _shared_arena_registered:
+            return
+        info = ort.OrtMemoryInfo(
+            "Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT
+        )
+        ort.create_and_register_allocator(info, ort.OrtArenaCfg(SHARED_ARENA))
+        _shared_arena_registered = True
+
+
+def session_options(
+    intra_op_threads: int, *, allocator: Allocator = "shared"
+) -> ort.SessionOptions:
+    """Explicit options: one thread pool sized for this container, full graph optimisation,
+    and intermediates from `allocator` (see `Allocator`)."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra_op_threads
     options.inter_op_num_threads = 1
@@ -71,6 +119,13 @@ def session_options(intra_op_threads: int) -> ort.SessionOptions:
     # Idle pool threads sleep instead of spinning: spinning burns the CPUs that the event
     # loop and the other requests need (bench/http.py measured it).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if allocator == "shared":
+        register_shared_arena()
+        options.add_session_config_entry("session.use_env_allocators", "1")
+    elif allocator == "none":
+        options.enable_cpu_mem_arena = False
+    elif allocator != "session":
+        raise ValueError(f"unknown allocator {allocator!r}; expected shared, session or none")
     return options
 
 

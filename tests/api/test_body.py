@@ -8,8 +8,9 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from service.api.admission import BodyPace, MemoryBudget
 from service.api.body import read_body
-from service.errors import MalformedBody, PayloadTooLarge
+from service.errors import MalformedBody, PayloadTooLarge, RequestTimeout
 
 
 class FakeRequest:
@@ -66,3 +67,93 @@ def test_inflated_body_is_returned_whole() -> None:
     payload = bytes(range(256)) * 1000
     request = FakeRequest(gzip.compress(payload), {"content-encoding": "gzip"}, chunk=100)
     assert _read(request, 10**6) == payload
+
+
+class TrickleRequest(FakeRequest):
+    """Sends its chunks `gap` seconds apart."""
+
+    def __init__(self, body: bytes, gap: float, chunk: int) -> None:
+        super().__init__(body, {"content-length": str(len(body))}, chunk)
+        self.gap = gap
+
+    async def stream(self) -> AsyncIterator[bytes]:
+        async for chunk in super().stream():
+            await asyncio.sleep(self.gap)
+            yield chunk
+
+
+def test_a_body_below_the_minimum_rate_is_408(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(BodyPace, "GRACE", 0.2)
+    request = TrickleRequest(b"x" * 1000, gap=0.1, chunk=10)  # 100 bytes/s
+    pace = BodyPace(timeout=60, rate=1000)
+    with pytest.raises(RequestTimeout, match=r"slower than 1000 bytes/s.*SCE_MIN_DATA_RATE"):
+        asyncio.run(read_body(request, 10_000, pace=pace))  # type: ignore[arg-type]
+    # cut after about GRACE + what it sent / rate, not after the whole body
+    assert request.consumed < 10
+
+
+def test_a_body_at_the_minimum_rate_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(BodyPace, "GRACE", 0.2)
+    request = TrickleRequest(b"x" * 1000, gap=0.01, chunk=100)  # ~10 kB/s
+    pace = BodyPace(timeout=60, rate=1000)
+    assert asyncio.run(read_body(request, 10_000, pace=pace)) == b"x" * 1000  # type: ignore[arg-type]
+
+
+def test_a_body_past_the_overall_timeout_is_408() -> None:
+    request = TrickleRequest(b"x" * 100, gap=0.1, chunk=10)
+    with pytest.raises(RequestTimeout, match=r"within 0\.3 s \(SCE_BODY_TIMEOUT\)"):
+        asyncio.run(read_body(request, 10_000, pace=BodyPace(timeout=0.3, rate=0)))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "tail", [gzip.compress(b"second member"), b"garbage"], ids=["second-member", "garbage"]
+)
+def test_bytes_after_the_gzip_stream_are_400(tail: bytes) -> None:
+    body = gzip.compress(b'{"labels": [1.0]}') + tail
+    for chunk in (7, len(body)):  # the tail in its own chunk, and in the last one
+        with pytest.raises(MalformedBody, match="follow the end of the gzip stream"):
+            _read(FakeRequest(body, {"content-encoding": "gzip"}, chunk=chunk), 10**6)
+
+
+def test_the_body_is_held_on_the_budget_as_it_arrives() -> None:
+    async def scenario() -> tuple[int, int]:
+        budget = MemoryBudget(64 << 20, max_queue=1, timeout=1)
+        lease = budget.lease()
+        body = b"x" * (3 << 20)
+        request = FakeRequest(body, {"content-length": str(len(body))}, chunk=1 << 20)
+        seen = []
+        real = lease.hold
+
+        async def spy(total: int, *, body: bool = False) -> None:
+            seen.append(total)
+            await real(total, body=body)
+
+        lease.hold = spy  # type: ignore[method-assign]
+        assert await read_body(request, 10 << 20, lease=lease) == body  # type: ignore[arg-type]
+        return seen[0], lease.held
+
+    first, held = asyncio.run(scenario())
+    assert first == 1 << 20  # a slab, not the declared 3 MiB
+    assert held == 3 << 20
+
+
+def test_inflating_yields_the_event_loop() -> None:
+    async def scenario() -> int:
+        ticks = 0
+        stop = asyncio.Event()
+
+        async def ticker() -> None:
+            nonlocal ticks
+            while not stop.is_set():
+                ticks += 1
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(ticker())
+        one_chunk = gzip.compress(b"\0" * (32 << 20))
+        request = FakeRequest(one_chunk, {"content-encoding": "gzip"}, chunk=len(one_chunk))
+        await read_body(request, 64 << 20)  # type: ignore[arg-type]
+        stop.set()
+        await task
+        return ticks
+
+    assert asyncio.run(scenario()) >= 16  # 32 MiB inflated in 1 MiB steps, the loop ran between

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import httpx
 import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-from service.api.limits import InFlightLimit
 from service.app import create_app
 from service.engine import sessions
-from service.errors import Overloaded
 from service.settings import Settings
 
 SOFT = "/v1/softmax_cross_entropy_with_logits"
@@ -20,53 +19,59 @@ INFER = "/v2/models/softmax_cross_entropy_with_logits/infer"
 BODY = {"labels": [0.0, 1.0], "logits": [0.0, 0.0]}
 
 
-def test_in_flight_limit_refuses_past_the_bound() -> None:
-    limit = InFlightLimit(2, compute=1)
+def test_a_request_that_does_not_fit_now_waits_its_turn() -> None:
+    """Ordinary load is queued, not refused: while other requests hold nearly all of a
+    tiny budget, a request waits, and is answered once they give it back."""
 
-    async def scenario() -> None:
-        async with limit.slot(), limit.slot():
-            with pytest.raises(Overloaded, match="SCE_MAX_IN_FLIGHT=2"):
-                async with limit.slot():
-                    pass
-        assert limit.active == 0
-        async with limit.slot():
-            assert limit.active == 1
-
-    asyncio.run(scenario())
-
-
-def test_full_server_answers_503_with_retry_after() -> None:
-    async def scenario() -> tuple[list[int], str | None, int]:
-        app = create_app(Settings(max_in_flight=1, body_timeout=5))
+    async def scenario() -> tuple[int, float, int]:
+        app = create_app(Settings(memory_budget=16 << 20))
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
-                started = asyncio.Event()
+                budget = app.state.budget
+                hog = budget.lease()
+                await hog.hold(budget.total - 100)  # less than any request needs
+                asyncio.get_running_loop().call_later(0.3, hog.release)
+                started = time.monotonic()
+                response = await client.post(SOFT, json=BODY)
+                return response.status_code, time.monotonic() - started, budget.free
 
-                async def slow_body():  # holds its slot while the body trickles in
-                    yield b'{"labels": [0.0, 1.0], '
-                    started.set()
-                    await asyncio.sleep(0.5)
-                    yield b'"logits": [0.0, 0.0]}'
+    status, waited, free = asyncio.run(scenario())
+    assert status == 200
+    assert waited >= 0.3  # it waited for the memory, and was not refused
+    assert free == 16 << 20  # every lease given back
 
-                slow = asyncio.create_task(
-                    client.post(
-                        SOFT, content=slow_body(), headers={"content-type": "application/json"}
-                    )
-                )
-                await started.wait()
-                busy = await client.post(SOFT, json=BODY)
-                first = await slow
-                after = await client.post(SOFT, json=BODY)
-                return (
-                    [first.status_code, busy.status_code, after.status_code],
-                    busy.headers.get("retry-after"),
-                    app.state.in_flight.active,
-                )
 
-    statuses, retry_after, active = asyncio.run(scenario())
-    assert statuses == [200, 503, 200]
-    assert retry_after == "1" and active == 0
+def test_a_request_that_waits_past_the_deadline_gets_503_with_retry_after() -> None:
+    async def scenario() -> httpx.Response:
+        app = create_app(Settings(memory_budget=16 << 20, queue_timeout=0.2, min_data_rate=0))
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+                hog = app.state.budget.lease()
+                await hog.hold(16 << 20)
+                try:
+                    return await client.post(SOFT, json=BODY)
+                finally:
+                    hog.release()
+
+    response = asyncio.run(scenario())
+    assert response.status_code == 503
+    assert response.headers["retry-after"] == "1"
+    assert "SCE_QUEUE_TIMEOUT" in response.json()["detail"]
+
+
+def test_work_that_could_never_fit_is_422_naming_the_setting() -> None:
+    with TestClient(create_app(Settings(memory_budget=128 << 20))) as client:
+        small = [[0] * 256] * 256
+        body = {"labels": small, "logits": small, "outputs": ["loss", "grad_logits"]}
+        assert client.post(SOFT, json=body).status_code == 200
+        # an 8 MiB body whose gradients, as JSON text, would need more than 128 MiB
+        zeros = [[0] * 1024] * 2048
+        body = {"labels": zeros, "logits": zeros, "outputs": ["grad_logits", "grad_labels"]}
+        response = client.post(SOFT, json=body)
+        assert response.status_code == 422
+        assert "SCE_MEMORY_BUDGET" in response.json()["detail"]
 
 
 def test_slow_body_is_408() -> None:
@@ -87,7 +92,7 @@ def test_slow_body_is_408() -> None:
 
     response = asyncio.run(scenario())
     assert response.status_code == 408
-    assert "did not arrive within 0.3 s" in response.json()["detail"]
+    assert "did not arrive within 0.3 s (SCE_BODY_TIMEOUT)" in response.json()["detail"]
 
 
 def test_onnx_runtime_failure_is_503_and_the_server_recovers(

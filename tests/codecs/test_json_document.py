@@ -1,0 +1,758 @@
+"""JSON documents with numeric arrays decoded straight to numpy, against orjson + numpy.
+
+The reference is what the service did before (orjson.loads, then np.array and a cast
+through float64), made strict: numbers only, "NaN"-like strings, regular shapes. Random
+documents are written token by token, with whitespace everywhere, numbers in every
+spelling JSON allows and strings that hold brackets, quotes and commas around them.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import math
+import time
+import tracemalloc
+from decimal import Decimal
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+import orjson
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from service.codecs import json_document, json_tensor
+from service.codecs.json_document import JsonTensor, loads, parse_cost
+from service.engine.types import MAX_RANK, DType
+from service.errors import InvalidArgument, MalformedBody, TooLarge, ValueOutOfRange
+
+NON_FINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+NUMBER = r"-?(0|[1-9][0-9]{0,30})(\.[0-9]{1,25})?([eE][+-]?[0-9]{1,3})?"
+WS = st.text(alphabet=" \t\n\r", max_size=3)
+PROPERTY = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+class Refused(Exception):
+    pass
+
+
+# --- the reference ------------------------------------------------------------------
+
+
+def reference(value: Any, dtype: DType) -> np.ndarray:
+    """What orjson.loads + np.array(...).astype(dtype) gives, refusing what the service
+    refuses (Refused): anything but numbers and "NaN"-like strings, jagged lists,
+    fractions for integers, values the dtype cannot hold."""
+
+    def check(v: Any) -> Any:
+        if isinstance(v, list):
+            return [check(x) for x in v]
+        if isinstance(v, bool) or v is None or isinstance(v, dict):
+            raise Refused
+        if isinstance(v, str):
+            if v not in NON_FINITE:
+                raise Refused
+            if not dtype.is_float:
+                raise Refused
+            return NON_FINITE[v]
+        if isinstance(v, float) and not dtype.is_float:
+            raise Refused
+        return v
+
+    plain = check(value)
+    try:
+        array = np.array(plain)
+    except (ValueError, OverflowError):
+        raise Refused from None
+    if array.ndim > MAX_RANK or array.dtype.kind not in "iufO":
+        raise Refused
+    if not dtype.is_float:
+        flat = [int(v) for v in array.reshape(-1).tolist()]
+        info = np.iinfo(dtype.numpy)  # type: ignore[type-var]
+        if any(not info.min <= v <= info.max for v in flat):
+            raise Refused
+        return np.array(flat, np.int64).astype(dtype.numpy).reshape(array.shape)
+    try:
+        wide = array.astype(np.float64)
+    except OverflowError:
+        raise Refused from None
+    with np.errstate(over="ignore"):
+        narrow = wide.astype(dtype.numpy)
+    if (np.isinf(narrow) & np.isfinite(wide)).any():
+        raise Refused
+    return narrow
+
+
+def bits(array: np.ndarray) -> np.ndarray:
+    """The array's bytes as integers: equal bits, so -0.0 differs from 0.0."""
+    return np.ascontiguousarray(array).view(f"u{array.dtype.itemsize}")
+
+
+def ours(value: Any, dtype: DType) -> np.ndarray:
+    try:
+        return json_tensor.decode(value, dtype, "x")
+    except InvalidArgument as exc:
+        raise Refused from exc
+
+
+def outcome(fn: Any, *args: Any) -> Any:
+    try:
+        return fn(*args)
+    except Refused:
+        return Refused
+
+
+# --- writing documents ----------------------------------------------------------------
+
+
+@st.composite
+def number_text(draw: st.DrawFn, integers: bool) -> str:
+    """A JSON number in one of its spellings."""
+    if integers:
+        return draw(
+            st.one_of(
+                st.integers(-(2**70), 2**70).map(str),
+                st.from_regex(r"-?(0|[1-9][0-9]{0,20})", fullmatch=True),
+                st.sampled_from(["-0", "0", "9223372036854775807", "-9223372036854775808"]),
+                st.sampled_from(["9223372036854775808", "2147483648", "-2147483649"]),
+            )
+        )
+    value = draw(
+        st.floats(allow_nan=False, allow_infinity=False, width=draw(st.sampled_from([16, 32, 64])))
+    )
+    digits = draw(st.integers(1, 25))
+    return draw(
+        st.one_of(
+            st.just(repr(value)),
+            st.just(f"{value:.{digits}g}"),
+            st.just(f"{value:.{digits}e}"),
+            st.just(f"{value:.{digits}E}".replace("E+", "E")),
+            st.from_regex(NUMBER, fullmatch=True),
+            st.sampled_from(
+                [
+                    "-0",
+                    "-0.0",
+                    "0e0",
+                    "1E+05",
+                    "5e-324",
+                    "1e308",
+                    "1.7976931348623157e308",
+                    "65504",
+                    "65520",
+                ]
+            ),
+        )
+    )
+
+
+@st.composite
+def tensor_tokens(draw: st.DrawFn, integers: bool, bare: bool) -> tuple[Any, Any]:
+    """(nested lists of token texts, the same as Python values for the reference)."""
+    rank = draw(st.integers(0, 4))
+    shape = draw(st.lists(st.integers(0, 3), min_size=rank, max_size=rank))
+
+    def token() -> tuple[str, Any]:
+        if not integers and draw(st.integers(0, 9)) == 0:
+            name = draw(st.sampled_from(sorted(NON_FINITE)))
+            return (name if bare and draw(st.booleans()) else f'"{name}"'), name
+        text = draw(number_text(integers))
+        return text, text
+
+    def build(dims: list[int]) -> tuple[Any, Any]:
+        if not dims:
+            return token()
+        items = [build(dims[1:]) for _ in range(dims[0])]
+        return [t for t, _ in items], [v for _, v in items]
+
+    return build(shape)
+
+
+def write(tokens: Any, ws: Any) -> str:
+    if isinstance(tokens, list):
+        inner = ",".join(f"{ws()}{write(t, ws)}{ws()}" for t in tokens)
+        return f"[{inner}{ws() if not tokens else ''}]"
+    return str(tokens)
+
+
+def python_value(values: Any) -> Any:
+    """Token texts as orjson would read them (Decimal for fractions: exact)."""
+    if isinstance(values, list):
+        return [python_value(v) for v in values]
+    if values in NON_FINITE:
+        return values
+    if any(c in values for c in ".eE"):
+        number = float(Decimal(values))  # correctly rounded; orjson refuses infinity
+        return "beyond float64" if math.isinf(number) else number
+    return int(values)
+
+
+# json.dumps escapes quotes, backslashes and control characters, and writes the rest
+# as \uXXXX (surrogate pairs beyond the BMP)
+STRINGS = st.text(
+    alphabet=st.sampled_from(list('[]{},:"\\ab \t\n/\u00e9\u4e2d\U0001f600')), max_size=8
+)
+
+
+@st.composite
+def skeleton(draw: st.DrawFn) -> Any:
+    """Members around the tensor: strings that hold brackets, quotes and commas, numbers,
+    literals, nested objects, arrays of strings, empty arrays."""
+    leaf = st.one_of(
+        STRINGS,
+        st.integers(-(10**6), 10**6),
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.sampled_from([True, False, None]),
+        st.lists(STRINGS, max_size=3),
+        st.just([]),
+        st.just([[]]),
+    )
+    return draw(
+        st.dictionaries(
+            STRINGS,
+            st.recursive(leaf, lambda c: st.dictionaries(STRINGS, c, max_size=3), max_leaves=6),
+            max_size=4,
+        )
+    )
+
+
+def dumps_spaced(value: Any, ws: Any) -> str:
+    """JSON of a skeleton value with random whitespace (strings escaped by json)."""
+    if isinstance(value, dict):
+        members = ",".join(
+            f"{ws()}{json.dumps(k)}{ws()}:{ws()}{dumps_spaced(v, ws)}{ws()}"
+            for k, v in value.items()
+        )
+        return "{" + members + "}"
+    if isinstance(value, list):
+        return "[" + ",".join(f"{ws()}{dumps_spaced(v, ws)}{ws()}" for v in value) + "]"
+    return json.dumps(value)
+
+
+# --- properties: valid documents -------------------------------------------------------
+
+
+@PROPERTY
+@given(
+    data=st.data(),
+    dtype=st.sampled_from(list(DType)),
+    where=st.sampled_from(["top", "member", "nested", "in-array"]),
+)
+def test_random_documents_decode_as_orjson_and_numpy_do(
+    data: st.DataObject, dtype: DType, where: str
+) -> None:
+    ws = lambda: data.draw(WS)  # noqa: E731
+    tokens, values = data.draw(
+        tensor_tokens(integers=not dtype.is_float and data.draw(st.integers(0, 5)) > 0, bare=False)
+    )
+    text = write(tokens, ws)
+    extra = data.draw(skeleton())
+    extra.pop("t", None)
+    others = dumps_spaced(extra, ws)[1:-1]
+    sep = "," if extra else ""
+    document = {
+        "top": f"{ws()}{text}{ws()}",
+        "member": f'{{{others}{sep}{ws()}"t"{ws()}:{ws()}{text}}}',
+        "nested": f'{{"o":{{{others}{sep}"t":{text}}},"outputs":["loss","grad_logits"]}}',
+        "in-array": f'[{{"t":{text}}},{{{others}}}]',
+    }[where].encode()
+    try:
+        parsed = orjson.loads(document)
+    except orjson.JSONDecodeError:
+        parsed = None  # a number beyond float64, which orjson refuses
+    mine = loads(document, bare_non_finite=False)
+    path = {"top": [], "member": ["t"], "nested": ["o", "t"], "in-array": [0, "t"]}[where]
+    value_mine, value_theirs = mine, parsed
+    for key in path:
+        value_mine = value_mine[key]
+        value_theirs = value_theirs[key] if parsed is not None else None
+    if parsed is not None:
+        assert _without(mine, path) == _without(parsed, path)
+        theirs_value = value_theirs
+    else:
+        theirs_value = python_value(values)
+    if isinstance(value_mine, JsonTensor):
+        expected_shape = (
+            np.array(python_value(values), dtype=object).shape if values != [] else (0,)
+        )
+        if value_mine.problem is None:
+            assert value_mine.shape == expected_shape
+    want = outcome(reference, theirs_value, dtype)
+    got = outcome(ours, value_mine, dtype)
+    if want is Refused or got is Refused:
+        assert want is got, (document, want, got)
+    else:
+        assert got.shape == want.shape and got.dtype == want.dtype
+        np.testing.assert_array_equal(bits(got), bits(want))
+
+
+def _without(document: Any, path: list[Any]) -> Any:
+    """`document` with the value at `path` replaced by a marker (to compare the rest)."""
+    if not path:
+        return "<tensor>"
+    copy = list(document) if isinstance(document, list) else dict(document)
+    copy[path[0]] = _without(document[path[0]], path[1:])
+    return copy
+
+
+@PROPERTY
+@given(data=st.data(), dtype=st.sampled_from([DType.float16, DType.float32, DType.float64]))
+def test_bare_non_finite_literals_when_asked(data: st.DataObject, dtype: DType) -> None:
+    tokens, values = data.draw(tensor_tokens(integers=False, bare=True))
+    text = write(tokens, lambda: data.draw(WS))
+    document = f'{{"data": {text}}}'.encode()
+    if not isinstance(tokens, list):
+        return
+    got = outcome(ours, loads(document, bare_non_finite=True)["data"], dtype)
+    want = outcome(reference, python_value(values), dtype)
+    if want is Refused or got is Refused:
+        assert want is got
+    else:
+        np.testing.assert_array_equal(bits(got), bits(want))
+    if any(f" {n}" in f" {text}".replace("[", " ").replace(",", " ") for n in NON_FINITE):
+        if any(c in text for c in "0123456789NI"):  # a bare literal in there
+            with pytest.raises(MalformedBody):
+                loads(document, bare_non_finite=False)
+
+
+NESTED = st.recursive(
+    st.integers(-3, 3) | st.sampled_from([1.5, "NaN"]),
+    lambda inner: st.lists(inner, max_size=3),
+    max_leaves=12,
+)
+
+
+@PROPERTY
+@given(value=st.lists(NESTED, max_size=4), spaced=st.booleans())
+def test_ragged_lists_are_refused_as_numpy_refuses_them(value: list[Any], spaced: bool) -> None:
+    body = json.dumps({"x": value}, separators=(", ", ": ") if spaced else (",", ":")).encode()
+    loaded = loads(body, bare_non_finite=False)["x"]
+    for dtype in (DType.float64, DType.int64):
+        want = outcome(reference, value, dtype)
+        got = outcome(ours, loaded, dtype)
+        if want is Refused or got is Refused:
+            assert want is got, (body, want, got)
+        else:
+            assert got.shape == want.shape
+            np.testing.assert_array_equal(got, want)
+
+
+# --- properties: hostile documents ----------------------------------------------------
+
+
+@st.composite
+def mutated(draw: st.DrawFn) -> bytes:
+    """A valid document with a few bytes inserted, deleted or replaced."""
+    tokens, _ = draw(tensor_tokens(integers=False, bare=False))
+    text = write(tokens, lambda: draw(WS))
+    document = bytearray(
+        f'{{"name": "a[\\"1,2\\"]", "labels": {text}, "outputs": ["loss"]}}'.encode()
+    )
+    alphabet = st.sampled_from(list(b'[]{},:"\\0123456789-+.eE ntfrueal\t\x00\xff') + [0xC3])
+    for _ in range(draw(st.integers(1, 3))):
+        at = draw(st.integers(0, len(document)))
+        action = draw(st.sampled_from(["insert", "delete", "replace"]))
+        if action == "insert":
+            document[at:at] = bytes([draw(alphabet)])
+        elif at < len(document):
+            if action == "delete":
+                del document[at]
+            else:
+                document[at] = draw(alphabet)
+    return bytes(document)
+
+
+def _decode_all(document: Any, dtype: DType) -> Any:
+    """Every JsonTensor of a loaded document decoded (Refused if one is refused)."""
+    if isinstance(document, JsonTensor):
+        return ours(document, dtype).tolist()
+    if isinstance(document, dict):
+        return {k: _decode_all(v, dtype) for k, v in document.items()}
+    if isinstance(document, list):
+        return [_decode_all(v, dtype) for v in document]
+    return document
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(document=mutated())
+def test_hostile_documents_are_refused_as_orjson_refuses_them(document: bytes) -> None:
+    try:
+        theirs = orjson.loads(document)
+    except orjson.JSONDecodeError as exc:
+        if "infinity" in str(exc):
+            return  # a number beyond float64: orjson says 400, the service 422
+        with pytest.raises(MalformedBody):
+            _decode_all(loads(document, bare_non_finite=False), DType.float64)
+        return
+    mine = outcome(_decode_all, loads(document, bare_non_finite=False), DType.float64)
+
+    def strict(value: Any, top: bool = True) -> Any:
+        """orjson's document with each member's numeric array through the reference."""
+        if isinstance(value, dict):
+            return {k: strict(v, True) for k, v in value.items()}
+        if isinstance(value, list) and top and _numeric(value):
+            return reference(value, DType.float64).tolist()
+        if isinstance(value, list):
+            return [strict(v, False) for v in value]
+        return value
+
+    want = outcome(strict, theirs)
+    if want is Refused or mine is Refused:
+        assert want is mine, (document, want, mine)
+    else:
+        assert json.dumps(mine, allow_nan=True) == json.dumps(want, allow_nan=True)
+
+
+def _numeric(value: list[Any]) -> bool:
+    """What the service takes for a tensor: no object inside, and a number or a
+    non-finite string (or another scalar that is no string) somewhere."""
+    flat: list[Any] = []
+    stack: list[Any] = [value]
+    while stack:
+        v = stack.pop()
+        if isinstance(v, list):
+            stack.extend(v)
+        else:
+            flat.append(v)
+    if any(isinstance(v, dict) for v in flat):
+        return False
+    return any(not isinstance(v, str) or v in NON_FINITE for v in flat)
+
+
+@pytest.mark.parametrize(
+    ("body", "error", "message"),
+    [
+        (b'{"labels": [1, 2', MalformedBody, "not closed"),
+        (b'{"labels": [1, 2]]}', MalformedBody, "JSON"),
+        (b'{"labels": [[1, 2]}', MalformedBody, "JSON"),
+        (b'{"labels": [1, 2,]}', MalformedBody, "JSON"),
+        (b'{"labels": [,1]}', MalformedBody, "JSON"),
+        (b'{"labels": [1,,2]}', MalformedBody, "JSON"),
+        (b'{"labels": [01]}', MalformedBody, "JSON"),
+        (b'{"labels": [-01]}', MalformedBody, "JSON"),
+        (b'{"labels": [+1]}', MalformedBody, "JSON"),
+        (b'{"labels": [1.]}', MalformedBody, "JSON"),
+        (b'{"labels": [.5]}', MalformedBody, "JSON"),
+        (b'{"labels": [1e]}', MalformedBody, "JSON"),
+        (b'{"labels": [1.2.3]}', MalformedBody, "JSON"),
+        (b'{"labels": [1e2e3]}', MalformedBody, "JSON"),
+        (b'{"labels": [0x10]}', MalformedBody, "JSON"),
+        (b'{"labels": [1_0]}', MalformedBody, "JSON"),
+        (b'{"labels": [1 2]}', MalformedBody, "JSON"),
+        (b'{"labels": [NaN]}', MalformedBody, '"NaN"'),
+        (b'{"labels": [Infinity, 1]}', MalformedBody, '"Infinity"'),
+        (b'{"labels": [-Infinity]}', MalformedBody, "JSON"),
+        (b'{"labels": [nan]}', MalformedBody, "JSON"),
+        (b'{"labels": [\xd9\xa1]}', MalformedBody, "JSON"),  # Arabic-Indic one
+        (b'{"labels": [\xef\xbc\x91]}', MalformedBody, "JSON"),  # fullwidth one
+        (b'{"labels": [1]} x', MalformedBody, "JSON"),
+        (b'{"labels": [1]}}', MalformedBody, "JSON"),
+        (b'{"labels": [1], "name": "\\ud800"}', MalformedBody, "JSON"),
+        (b'{"labels": [1], "name": "a\x01"}', MalformedBody, "JSON"),
+        (b'{"labels": [1], "name": "abc}', MalformedBody, "not terminated"),
+        (b'{"labels": [1], \\"name": 1}', MalformedBody, "JSON"),
+        (b"", MalformedBody, "JSON"),
+        (b"   ", MalformedBody, "JSON"),
+    ],
+)
+def test_malformed_documents(body: bytes, error: type[Exception], message: str) -> None:
+    with pytest.raises(error, match=message):
+        _decode_all(loads(body, bare_non_finite=False), DType.float32)
+
+
+@pytest.mark.parametrize(
+    ("tensor", "dtype", "error", "message"),
+    [
+        (b"[1, true]", DType.int64, InvalidArgument, "booleans"),
+        (b"[[false]]", DType.float32, InvalidArgument, "booleans"),
+        (b"[1, null]", DType.float32, InvalidArgument, "null"),
+        (b'[1, "x"]', DType.float32, InvalidArgument, "'x'"),
+        (b'[1, "1.5"]', DType.float32, InvalidArgument, "'1.5'"),
+        (b'[1, "-1_0"]', DType.float32, InvalidArgument, "'-1_0'"),
+        (b'[1, "\\u0661"]', DType.float32, InvalidArgument, "'\u0661'"),
+        (b'[1, "\\uff11"]', DType.float32, InvalidArgument, "'\uff11'"),
+        (b'[1, "inf"]', DType.float32, InvalidArgument, "'inf'"),
+        (b'["NaN ", 1]', DType.float32, InvalidArgument, "'NaN '"),
+        (b'[1, "a,[b]\\"c"]', DType.float32, InvalidArgument, "holds"),
+        (b"[[1, 2], [3]]", DType.float32, InvalidArgument, "jagged"),
+        (b"[1, [2]]", DType.float32, InvalidArgument, "jagged"),
+        (b"[[1], []]", DType.float32, InvalidArgument, "jagged"),
+        (b"[[1, 2], 3]", DType.float32, InvalidArgument, "jagged"),
+        (b"[[1, 2, 3], [4]]", DType.float32, InvalidArgument, "jagged"),  # counts as (2, 2)
+        (b"[[[1, 2], [3]], [[4], [5, 6]]]", DType.float32, InvalidArgument, "jagged"),
+        (b"[" * 33 + b"1" + b"]" * 33, DType.float32, InvalidArgument, "deeper than 32"),
+        (b"[" * 5000 + b"1" + b"]" * 5000, DType.float32, InvalidArgument, "deeper than 32"),
+        (b"[1.5, 2]", DType.int64, InvalidArgument, "integers.*'1.5'"),
+        (b"[1e0]", DType.int32, InvalidArgument, "integers"),
+        (b'["NaN"]', DType.int32, InvalidArgument, "integers"),
+        (b"[2147483648]", DType.int32, ValueOutOfRange, "int32"),
+        (b"[-2147483649]", DType.int32, ValueOutOfRange, "int32"),
+        (b"[9223372036854775808]", DType.int64, ValueOutOfRange, "int64"),
+        (b"[-9223372036854775809]", DType.int64, ValueOutOfRange, "int64"),
+        (b"[1" + b"0" * 25 + b"]", DType.int64, ValueOutOfRange, "int64"),
+        (b"[1e6]", DType.float16, ValueOutOfRange, "cannot represent.*wider"),
+        (b"[1e39]", DType.float32, ValueOutOfRange, "cannot represent"),
+        (b"[1e39]", DType.bfloat16, ValueOutOfRange, "cannot represent"),
+        (b"[1e400]", DType.float64, ValueOutOfRange, "cannot represent"),
+        (b'["Infinity", 1e400]', DType.float64, ValueOutOfRange, "'1e400'"),
+        (b"[-" + b"1" * 401 + b"]", DType.float64, ValueOutOfRange, "cannot represent"),
+    ],
+)
+def test_documents_that_hold_no_tensor(
+    tensor: bytes, dtype: DType, error: type[Exception], message: str
+) -> None:
+    value = loads(b'{"labels": ' + tensor + b"}", bare_non_finite=False)["labels"]
+    assert isinstance(value, JsonTensor)
+    with pytest.raises(error, match=message):
+        value.decode(dtype, "labels")
+
+
+def test_integers_at_the_edges_of_int64() -> None:
+    value = loads(b'{"l": [9223372036854775807, -9223372036854775808, -0]}', bare_non_finite=False)
+    assert value["l"].decode(DType.int64, "l").tolist() == [2**63 - 1, -(2**63), 0]
+
+
+def test_the_skeleton_is_what_orjson_reads() -> None:
+    body = (
+        b'{"name": "a [1, 2] \\"b\\" {c: d}", "outputs": ["loss", "grad_logits"], '
+        b'"empty": [], "nested": [[]], "o": {"k": [1, 2], "s": ["x"]}, "n": 3, '
+        b'"f": 1.5, "t": true, "z": null, "a\\u0000b": "\\u0000", "list": [{"data": [[1]]}]}'
+    )
+    document = loads(body, bare_non_finite=False)
+    expected = orjson.loads(body)
+    assert isinstance(document["o"]["k"], JsonTensor) and document["o"]["k"].shape == (2,)
+    assert isinstance(document["list"][0]["data"], JsonTensor)
+    document["o"]["k"] = [1, 2]
+    document["list"][0]["data"] = [[1]]
+    assert document == expected
+
+
+def test_a_numeric_document_is_one_tensor() -> None:
+    value = loads(b" [[1, 2], [3, 4]] ", bare_non_finite=False)
+    assert isinstance(value, JsonTensor) and value.shape == (2, 2)
+    assert value.decode(DType.int32, "x").tolist() == [[1, 2], [3, 4]]
+
+
+def test_shape_is_known_before_any_number_is_converted() -> None:
+    value = loads(b'{"l": [[1, 2, 3], [4, 5, 6]]}', bare_non_finite=False)["l"]
+    assert value.shape == (2, 3) and value.size == 6
+    assert value.nbytes(DType.float64) == 48
+    assert value.decode_cost(DType.float64) >= 48
+
+
+def test_long_arrays_take_the_fast_check_and_agree_with_the_slow_one(
+    rng: np.random.Generator,
+) -> None:
+    numbers = rng.standard_normal(5000) * 10.0 ** rng.integers(-30, 30, 5000)
+    numbers[::7] = 0.0
+    texts = [repr(float(x)) for x in numbers] + ['"NaN"', '"-Infinity"', "-0", "0.001", "1E+05"]
+    text = ("[" + ", ".join(texts) + "]").encode()
+    assert len(text) > json_document.FAST_MIN
+    fast = json_document._Structure()
+    assert json_document._fast_check(text, 0, len(text), False, fast) == len(texts)
+    slow = json_document._Structure()
+    assert json_document._structure_of(text, 0, len(text), slow) == len(texts)
+    assert fast.shape(len(texts)) == slow.shape(len(texts)) == (len(texts),)
+    got = loads(text, bare_non_finite=False).decode(DType.float64, "x")
+    want = reference(orjson.loads(text), DType.float64)
+    np.testing.assert_array_equal(bits(got), bits(want))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        b"1.2.3",
+        b"1e5e5",
+        b"1e5.5",
+        b"1e+5.5",
+        b"-05",
+        b"00",
+        b"+1",
+        b".5",
+        b"5.",
+        b"1 2",
+        b"- 1",
+        b"1 .5",
+        b"1e",
+        b"--1",
+        b"true",
+        b'"x"',
+        b"NaN",
+        b"[1]2",
+        b"1[",
+        b",]",
+        b"[,",
+    ],
+)
+def test_the_fast_check_sends_what_is_not_plainly_numbers_to_the_regular_expression(
+    bad: bytes,
+) -> None:
+    text = b"[" + b"1.5, " * 2000 + bad + b", 2]"
+    assert json_document._fast_check(text, 0, len(text), False, json_document._Structure()) is None
+
+
+# --- bounds -------------------------------------------------------------------------
+
+
+def test_the_skeleton_is_bounded() -> None:
+    strings = b'{"outputs": [' + b",".join([b'"loss"'] * 60000) + b"]}"
+    with pytest.raises(TooLarge, match="outside arrays of numbers"):
+        loads(strings, bare_non_finite=False)
+    objects = b'{"inputs": [' + b",".join([b"{}"] * 200000) + b"]}"
+    with pytest.raises(TooLarge):
+        loads(objects, bare_non_finite=False)
+    escapes = b'{"name": "' + b"\\n" * 300000 + b'", "labels": [1]}'
+    with pytest.raises(TooLarge):
+        loads(escapes, bare_non_finite=False)
+
+
+def _traced(fn: Any) -> tuple[Any, int]:
+    gc.collect()
+    tracemalloc.start()
+    try:
+        result = fn()
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_50_mb_document_decodes_in_little_more_than_its_output(rng: np.random.Generator) -> None:
+    logits = rng.standard_normal((2300, 2000)).astype(np.float32)
+    body = orjson.dumps(
+        {"labels": [[1.0, 0.0]], "logits": logits, "name": "big"}, option=orjson.OPT_SERIALIZE_NUMPY
+    )
+    assert 45e6 < len(body) < 60e6
+    document, loads_peak = _traced(lambda: loads(body, bare_non_finite=False))
+    assert document["logits"].shape == (2300, 2000)
+    assert loads_peak <= parse_cost(len(body)) <= 0.5 * len(body)
+    array, decode_peak = _traced(lambda: document["logits"].decode(DType.float32, "logits"))
+    np.testing.assert_array_equal(array, logits)
+    # the output (18.4 MB, 0.37 of the body) and block-sized temporaries
+    print(f"body {len(body)}, loads peak {loads_peak}, decode peak {decode_peak}")
+    assert decode_peak <= document["logits"].decode_cost(DType.float32) <= 0.45 * len(body)
+
+
+def test_the_skeleton_bound_holds_for_the_worst_skeletons() -> None:
+    for filler in (b"[[]]", b"{}", b'"a"', b"[]"):
+        count = json_document.SKELETON_MAX // (len(filler) + 1) - 4
+        body = b"[" + b",".join([filler] * count) + b"]"
+        _, peak = _traced(lambda body=body: loads(body, bare_non_finite=False))
+        assert peak <= parse_cost(len(body)), filler
+
+
+def test_numbers_beside_a_long_numeric_string_are_refused_quickly_and_small() -> None:
+    # np.array of this made a fixed-width unicode array of 50001 x 600000 characters
+    body = b'{"labels": [' + b"1.0, " * 50000 + b'"' + b"9" * 600000 + b'"]}'
+    start = time.perf_counter()
+    document, peak = _traced(lambda: loads(body, bare_non_finite=False))
+    with pytest.raises(InvalidArgument, match="holds '9999"):
+        document["labels"].decode(DType.float32, "labels")
+    assert time.perf_counter() - start < 2.0
+    assert peak <= 16 * json_document.BLOCK  # 4 MiB: block-sized temporaries
+
+
+# --- json_tensor: Python values and encoding --------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "dtype", "want"),
+    [
+        (1, DType.float32, 1.0),
+        (2.5, DType.float16, 2.5),
+        ("NaN", DType.float64, math.nan),
+        ("-Infinity", DType.float32, -math.inf),
+        (3, DType.int32, 3),
+        ([[1, 2]], DType.int64, [[1, 2]]),
+        ([], DType.float32, []),
+        ([[], []], DType.float32, [[], []]),
+        ([float("nan"), 1.0], DType.float64, [math.nan, 1.0]),
+        ([2**64 + 1, 1.5], DType.float64, [float(2**64 + 1), 1.5]),
+    ],
+)
+def test_python_values_decode(value: Any, dtype: DType, want: Any) -> None:
+    got = json_tensor.decode(value, dtype, "x")
+    np.testing.assert_array_equal(got, np.array(want, dtype.numpy))
+    assert got.dtype == dtype.numpy
+
+
+@pytest.mark.parametrize(
+    ("value", "dtype", "message"),
+    [
+        (True, DType.float32, "booleans"),
+        ([1, True], DType.int64, "booleans"),
+        ("1.5", DType.float32, "'1.5'"),
+        (1.5, DType.int32, "integers"),
+        (2**40, DType.int32, "range"),
+        (10**400, DType.float64, "cannot represent"),
+        (1e5, DType.float16, "cannot represent"),
+        ([1, {"a": 1}], DType.float32, "numbers"),
+        ({"a": 1}, DType.float32, "numbers"),
+        (None, DType.float32, "numbers"),
+    ],
+)
+def test_python_values_refused(value: Any, dtype: DType, message: str) -> None:
+    with pytest.raises(InvalidArgument, match=message):
+        json_tensor.decode(value, dtype, "x")
+
+
+@PROPERTY
+@given(
+    data=st.data(),
+    dtype=st.sampled_from([np.float16, ml_dtypes.bfloat16, np.float32, np.float64]),
+    bare=st.booleans(),
+)
+def test_encode_fragment_round_trips(data: st.DataObject, dtype: Any, bare: bool) -> None:
+    shape = tuple(data.draw(st.lists(st.integers(0, 4), max_size=3)))
+    values = data.draw(
+        st.lists(
+            st.one_of(st.floats(width=32), st.sampled_from([math.nan, math.inf, -math.inf, -0.0])),
+            min_size=math.prod(shape),
+            max_size=math.prod(shape),
+        )
+    )
+    array = np.array(values, np.float64).reshape(shape).astype(dtype)
+    text = orjson.dumps(json_tensor.encode_fragment(array, bare_non_finite=bare))
+    parsed = json.loads(text) if bare else orjson.loads(text)
+    if not bare:
+        assert b"NaN" not in text.replace(b'"NaN"', b"")
+        parsed = json.loads(
+            json.dumps(parsed)
+            .replace('"NaN"', "NaN")
+            .replace('"Infinity"', "Infinity")
+            .replace('"-Infinity"', "-Infinity")
+        )
+    back = np.array(parsed, np.float64).reshape(shape).astype(dtype)
+    # equal values, NaN payloads aside, and zeros keep their sign
+    np.testing.assert_array_equal(back.astype(np.float64), array.astype(np.float64))
+    number = ~np.isnan(array.astype(np.float64))
+    np.testing.assert_array_equal(np.signbit(back[number]), np.signbit(array[number]))
+    wire = array.astype(np.float32) if array.dtype.itemsize < 4 else array
+    if array.ndim and np.isfinite(wire).all():  # finite: exactly what orjson writes
+        assert text == orjson.dumps(np.ascontiguousarray(wire), option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def test_encode_fragment_splices_mixed_non_finite_values_in_order() -> None:
+    array = np.array([[np.nan, 1.5, np.inf], [-np.inf, np.nan, -2.0]], np.float32)
+    text = orjson.dumps(json_tensor.encode_fragment(array, bare_non_finite=False))
+    assert orjson.loads(text) == [["NaN", 1.5, "Infinity"], ["-Infinity", "NaN", -2.0]]
+    bare = orjson.dumps(json_tensor.encode_fragment(array, bare_non_finite=True))
+    assert bare.replace(b" ", b"") == b"[[NaN,1.5,Infinity],[-Infinity,NaN,-2.0]]"
+    assert (
+        orjson.dumps(json_tensor.encode_fragment(np.array([np.nan] * 3), bare_non_finite=False))
+        == b'["NaN","NaN","NaN"]'
+    )
+    assert (
+        orjson.dumps(json_tensor.encode_fragment(np.array(-np.inf), bare_non_finite=True))
+        == b"-Infinity"
+    )
+
+
+def test_encoding_a_large_array_makes_no_object_per_number(rng: np.random.Generator) -> None:
+    array = rng.standard_normal(1_000_000).astype(np.float32)
+    array[::3] = np.nan
+    array[1::7] = np.inf
+    fragment, peak = _traced(lambda: json_tensor.encode_fragment(array, bare_non_finite=True))
+    text = orjson.dumps(fragment)
+    assert peak < 4 * len(text)  # tolist() of objects took ~40 bytes per number more
+    assert json.loads(text)[1] == math.inf
