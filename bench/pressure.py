@@ -1,6 +1,6 @@
 """The resource model under pressure: memory per path, liveness under a hostile mix.
 
-    python -m bench.pressure [--quick]
+    python -m bench.pressure [--quick] [--write]   # --write: its section of docs/benchmarks.md
 
 (1) For each path (v1 JSON, v1 gzip JSON, v1 safetensors, v2 JSON, v2 binary) one large
 good request alone: the server's peak RSS growth over (body + outputs). (2) The hostile
@@ -21,6 +21,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -31,6 +32,7 @@ SOFT = "/v1/softmax_cross_entropy_with_logits"
 SPARSE_INFER = "/v2/models/sparse_softmax_cross_entropy_with_logits/infer"
 INFER = "/v2/models/softmax_cross_entropy_with_logits/infer"
 JSON = {"content-type": "application/json"}
+DOC = Path(__file__).resolve().parents[1] / "docs" / "benchmarks.md"
 
 
 @dataclass(frozen=True)
@@ -318,9 +320,22 @@ def run(quick: bool) -> tuple[list[dict[str, object]], dict, dict[str, str]]:
     return paths, mix, ENV
 
 
-def section(paths: list[dict[str, object]], mix: dict, env: dict[str, str]) -> list[str]:
+TITLE = "## (g) Resource model: peak memory per path, liveness under a hostile mix"
+
+
+def section(
+    paths: list[dict[str, object]], mix: dict, env: dict[str, str], command: str
+) -> list[str]:
     settings = ", ".join(f"{k}={v}" for k, v in env.items())
-    out = [f"Server: `python -m service` with {settings}, one worker.", ""]
+    out = [
+        TITLE,
+        "",
+        f"`{command}` on {time.strftime('%Y-%m-%d %H:%M')}. Server: `python -m service` with "
+        f"{settings}, one worker; a fresh server for each path (an allocator keeps what it "
+        "freed, which would hide the next request's growth). Peak RSS growth is VmHWM after "
+        "the request less VmRSS before it, over the body as sent plus the outputs' bytes.",
+        "",
+    ]
     out += ["| path | body MiB | outputs MiB | peak RSS growth MiB | / (body + outputs) | s |",
             "|---|---|---|---|---|---|"]  # fmt: skip
     for r in paths:
@@ -343,12 +358,26 @@ def section(paths: list[dict[str, object]], mix: dict, env: dict[str, str]) -> l
     return out
 
 
+def write(lines: list[str], doc: Path = DOC) -> None:
+    """Replace this section of docs/benchmarks.md (or append it)."""
+    text = doc.read_text()
+    start = text.find(TITLE)
+    if start >= 0:
+        end = text.find("\n## ", start + len(TITLE))
+        text = text[:start] + text[end + 1 :] if end >= 0 else text[:start]
+    doc.write_text(text.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--write", action="store_true", help="into docs/benchmarks.md")
     args = parser.parse_args()
-    paths, mix, env = run(args.quick)
-    print("\n".join(section(paths, mix, env)))
+    command = "python -m bench.pressure" + " --quick" * args.quick + " --write" * args.write
+    lines = section(*run(args.quick), command=command)
+    print("\n".join(lines))
+    if args.write:
+        write(lines)
 
 
 if __name__ == "__main__":

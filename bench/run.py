@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import engine, http, json_decode, transport
+from bench import engine, http, json_decode, pressure, transport
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -162,6 +162,7 @@ def main() -> None:
     small = http.small_requests(seconds)
     payloads = transport.measure(payload_sizes, 2 if args.quick else 3)
     big_json = json_decode.measure()
+    resources = pressure.run(args.quick)
     lines = [
         "# Benchmarks",
         "",
@@ -175,6 +176,8 @@ def main() -> None:
         *_engine_section(speed, accuracy),
         *_small_section(small, results["workers"], results["peers"], big_json),
         *_payload_section(payloads),
+        "",
+        *pressure.section(*resources, command=f"python -m bench.run{' --quick' * args.quick}"),
         "",
     ]
     DOC.write_text("\n".join(lines))

@@ -54,8 +54,11 @@ class Settings(BaseSettings):
     connection's start or its first byte; a connection that sends nothing is closed."""
     max_header_bytes: int = Field(64 * 1024, ge=1024)
     """Largest request line plus headers (431 above it)."""
-    keep_alive_timeout: float = Field(5.0, gt=0)
-    """Seconds an idle keep-alive connection stays open between requests."""
+    keep_alive_timeout: float = Field(75.0, gt=0)
+    """Seconds an idle keep-alive connection stays open between requests, counted from the
+    end of the last response (nginx's default). Keep it above clients' pauses between
+    requests and above a load balancer's idle timeout: a close racing a client's next
+    request fails it (tritonclient does not retry a POST)."""
     send_timeout: float = Field(30.0, gt=0)
     """Seconds a response may stall because its client does not read; then it is closed."""
     api_key: SecretStr | None = None

@@ -126,6 +126,26 @@ def test_a_head_over_the_limit_gets_431_and_a_head_under_it_is_served(server: Se
     with server.connect() as sock:
         sock.sendall(b"GET /v2/health/live HTTP/1.1\r\n" + b"X-A: b\r\n" * 10_000 + b"\r\n")
         assert read_response(sock)[0] == 431
+    # a head pipelined behind a body, in the same write, is counted from its first byte:
+    # the request before it is answered, and the connection closes after that answer
+    with server.connect() as sock:
+        big = b"GET /v2/health/live HTTP/1.1\r\nHost: t\r\nX-Pad: " + b"a" * 70_000 + b"\r\n\r\n"
+        sock.sendall(soft_request() + big)
+        assert read_response(sock)[0] == 200
+        try:
+            assert read_response(sock)[0] == 431
+        except ConnectionError:
+            pass  # closed without a second answer
+
+
+def test_heads_split_anywhere_between_reads_are_parsed(server: Server) -> None:
+    with server.connect() as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for split in range(len(LIVE) - 6, len(LIVE)):  # around the blank line
+            sock.sendall(LIVE[:split])
+            time.sleep(0.05)
+            sock.sendall(LIVE[split:] + LIVE)  # and one pipelined behind it
+            assert [read_response(sock)[0] for _ in range(2)] == [200, 200]
 
 
 def test_an_8_mib_head_is_cut_early_and_the_server_stays_live(server: Server) -> None:

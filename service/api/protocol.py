@@ -125,6 +125,11 @@ class ServiceHttpProtocol(HttpToolsProtocol):
         self.reading_head = True
         self.head_bytes = 0
         self.head_begun = False
+        # Bytes of the current request's body still to come, when its length is known: the
+        # parser is fed no further, so that the head of a request pipelined behind it is
+        # counted from its first byte.
+        self.body_left: int | None = None
+        self.head_tail = b""  # the last bytes of a head fed so far, for a split blank line
         self.header_timer: TimerHandle | None = None
         self.send_stall_timer: TimerHandle | None = None
         self.send_stall_mark = 0  # bytes unsent when the stall timer was last started
@@ -158,8 +163,10 @@ class ServiceHttpProtocol(HttpToolsProtocol):
             if self.reading_head:
                 if self.header_timer is None:  # the first byte of a later request's head
                     self._start_header_timer()
-                end = min(end, start + self.max_header_bytes - self.head_bytes)
+                end = self._head_end(data, start)
                 self.head_bytes += end - start
+            elif self.body_left is not None:  # stop where a pipelined request begins
+                end = min(end, start + max(self.body_left, 1))
             try:
                 self.parser.feed_data(buffer[start:end])
             except httptools.HttpParserError:
@@ -183,6 +190,23 @@ class ServiceHttpProtocol(HttpToolsProtocol):
                 )
                 return
 
+    def _head_end(self, data: bytes, start: int) -> int:
+        """Where to stop feeding a head: after its blank line if it is in `data`, else at
+        the end of the allowance. So the parser never holds more than the allowance, and
+        a request pipelined behind this one is counted from its own first byte."""
+        limit = min(len(data), start + self.max_header_bytes - self.head_bytes)
+        found = data.find(b"\r\n\r\n", start, limit)
+        if found >= 0:
+            self.head_tail = b""
+            return found + 4
+        joint = (self.head_tail + data[start : start + 3]).find(b"\r\n\r\n")
+        if joint >= 0:  # a blank line split between two reads
+            end = start + joint + 4 - len(self.head_tail)
+            self.head_tail = b""
+            return min(end, limit)
+        self.head_tail = (self.head_tail + data[max(start, limit - 3) : limit])[-3:]
+        return limit
+
     # Parser callbacks
 
     def on_message_begin(self) -> None:
@@ -199,7 +223,16 @@ class ServiceHttpProtocol(HttpToolsProtocol):
             return
         self.reading_head = False
         self._cancel_header_timer()
+        self.body_left = None  # a chunked body: its end is not known before it comes
+        if not any(name == b"transfer-encoding" for name, _ in self.headers):
+            length = next((v for name, v in self.headers if name == b"content-length"), b"0")
+            self.body_left = int(length)  # llhttp accepted it: digits
         super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        if self.body_left is not None:
+            self.body_left -= len(body)
+        super().on_body(body)
 
     def on_message_complete(self) -> None:
         if self.parser.should_upgrade() and not self._should_upgrade():
@@ -208,6 +241,7 @@ class ServiceHttpProtocol(HttpToolsProtocol):
         self.reading_head = True
         self.head_bytes = 0
         self.head_begun = False
+        self.head_tail = b""
 
     def _ignore_upgrade(self) -> None:
         """Serve a request that offered an upgrade other than WebSocket as HTTP/1.1.

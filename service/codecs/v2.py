@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -54,54 +53,6 @@ def split(body: Body, length: int | None) -> tuple[memoryview, memoryview]:
             f"Inference-Header-Content-Length {length} is outside the body of {len(view)} bytes"
         )
     return view[:length], view[length:]
-
-
-_MAX_INT = 1 << 64  # orjson reads integers in [-2**63, 2**64) as ints, others as floats
-_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
-
-
-def _orjson_int(text: str) -> int | float:
-    """An integer literal as orjson reads it: beyond 64 bits a float, and an error where
-    that is infinite (Python's json would make a 400-digit int that numpy cannot hold)."""
-    value = int(text) if len(text) <= 21 else None
-    if value is not None and -(1 << 63) <= value < _MAX_INT:
-        return value
-    number = float(text)
-    if math.isinf(number):
-        raise ValueError(f"integer of {len(text.lstrip('-'))} digits is infinite as a double")
-    return number
-
-
-def parse_header(header: memoryview) -> Any:
-    """The JSON header. Bare NaN/Infinity (as Triton's client writes them) are accepted.
-
-    orjson reads every header; only one that it refuses and that holds a non-finite
-    literal is read again by Python's json, strictly: UTF-8 only (json would also guess
-    UTF-16 and UTF-32), integers as orjson reads them, no lone surrogate in any string.
-    """
-    try:
-        return orjson.loads(header)
-    except orjson.JSONDecodeError as exc:
-        first_error = exc
-    raw = bytes(header)
-    if b"NaN" not in raw and b"Infinity" not in raw:
-        raise MalformedBody(f"inference header is not valid JSON: {first_error}")
-    try:  # the slow path, only for headers with non-finite literals
-        text = raw.decode("utf-8")
-        document = json.loads(text, parse_int=_orjson_int)
-    except UnicodeDecodeError:
-        raise MalformedBody(f"inference header is not valid JSON: {first_error}") from None
-    except (ValueError, RecursionError) as exc:
-        raise MalformedBody(f"inference header is not valid JSON: {exc}") from None
-    if _SURROGATE_ESCAPE.search(text):  # paired surrogates are fine; orjson finds lone ones
-        try:
-            orjson.dumps(document)
-        except orjson.JSONEncodeError:
-            raise MalformedBody(
-                "inference header is not valid JSON: a string holds a lone UTF-16 surrogate "
-                "(a \\ud800-\\udfff escape without its pair)"
-            ) from None
-    return document
 
 
 def datatype(name: str, wire: str) -> DType:
