@@ -67,16 +67,18 @@ def usable_cpus(root: Path = Path("/sys/fs/cgroup")) -> int:
 # and an arena keeps its high-water mark: the engine's ~80 sessions (one per dtype, layout
 # and output subset) each kept 14-150 MiB after one large call, so that a server that had
 # seen every kind of request held the sum of them all, out of proportion to any request.
+# `python -m bench.engine_memory arena`: RSS growth after one 8192x4096 call through each
+# of 44 sessions (45 calls), over the RSS after the first; time against "shared", best of 15:
 #   "shared": one arena for every session of the process (the default). It keeps the
 #     high-water mark of the calls in flight at once (what the per-request budget admits),
-#     whichever sessions ran them: 25-45 MiB after 8192x4096 calls through 14 sessions,
-#     against 274 MiB with an arena each, at the same speed (bench/engine_memory.py arena).
+#     whichever sessions ran them: +44 MiB, against +944 MiB with an arena each, at the
+#     same speed (32x10 and 8192x4096 within 5%, run to run, either way).
 #   "session": an arena per session (ONNX Runtime's default; kept for the bench's A/B).
-#   "none": no arena, malloc and free. glibc keeps the freed blocks all the same (its
-#     mmap threshold rises to the blocks' size after the first free), and the big calls
-#     ran 1.2-1.35x slower; with a fixed low mmap threshold they are returned, at 2x.
-# (A session arena shrunk after each run, RunOptions memory.enable_memory_arena_shrinkage,
-# made a 32x10 call 2.7x slower and kept more than the shared arena: not offered.)
+#   "none": no arena, malloc and free: +418 MiB (glibc keeps the freed blocks, its mmap
+#     threshold having risen to their size after the first free), and 8192x4096 gradients
+#     1.1-1.25x slower; with a fixed low mmap threshold glibc returns them, at 2x the time.
+# (A session arena shrunk after each run, RunOptions memory.enable_memory_arena_shrinkage:
+# +563 MiB, a 32x10 call 2.2-2.7x slower and 8192x4096 1.1-1.4x: not offered.)
 Allocator = Literal["shared", "session", "none"]
 
 # The shared arena grows by what is asked, not by doubling regions (kNextPowerOfTwo), so
