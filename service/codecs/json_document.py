@@ -2,11 +2,11 @@
 
 `loads(body)` returns what `orjson.loads(body)` would, except that every array of
 numbers that is the value of an object member (or the whole document) comes back as a
-`JsonTensor`: its shape is known and its grammar checked, its numbers not converted
-yet. Everything else, the *skeleton* (keys, objects, small strings, arrays of strings
-such as ``"outputs": ["loss"]``), is parsed by orjson once each tensor's bytes are cut
-out and replaced by a placeholder string; the skeleton is bounded (`SKELETON_MAX`), so
-the Python objects of a document are too, whatever its size.
+`JsonTensor`: its grammar checked and its shape known, its numbers not converted yet.
+Everything else, the *skeleton* (keys, objects, small strings, arrays of strings such
+as ``"outputs": ["loss"]``), is parsed by orjson once each tensor's bytes are cut out
+and replaced by a placeholder string. The skeleton is bounded (`SKELETON_MAX`), so the
+Python objects made for a document are too, whatever its size.
 
 No Python code runs per byte or per number:
 
@@ -18,19 +18,23 @@ No Python code runs per byte or per number:
 3. Tensors: an array right after a ``:`` (or the whole document) whose next event is not
    ``{`` holds no object; it ends at the last ``]`` before that event. One that holds
    neither a number nor a "NaN"-like string (``[]``, ``["loss"]``) stays in the skeleton.
-4. Each tensor's bytes are checked against the JSON grammar: a linear regular expression
-   (possessive quantifiers, no backtracking) for the order of brackets, commas and
-   tokens, and for the number grammar. Its shape comes from its brackets and commas
-   alone (`bytes.translate` keeps them): the rank is the run of opening brackets, each
-   dimension follows from how many commas follow how many closing brackets, and the
-   brackets and commas are compared, chunk by chunk, with the ones that shape has.
-5. `JsonTensor.decode` converts by chunks of whole numbers with `np.fromstring` once
-   brackets and quotes are spaces: correctly rounded to float64 as orjson does, then
-   cast, as ``np.array(orjson.loads(...)).astype(dtype)`` did.
+4. Grammar. A long array goes through a numpy check first: bytes become classes
+   (`bytes.translate`), digits after a digit and blanks not ending a token are dropped,
+   and every four symbols in a row are looked up in a table made from the grammar. An
+   array that fails it, or a short one, is matched by a regular expression (possessive
+   quantifiers: linear), which also tells a JSON error (400) from JSON that holds no
+   numbers (true, null, "x": 422 when decoded).
+5. Shape, from brackets and commas alone (`bytes.translate`): the rank is the run of
+   opening brackets, each dimension follows from how many commas come after how many
+   closing brackets, and the brackets and commas are then compared, piece by piece,
+   with those an array of that shape has (jagged arrays differ).
+6. `JsonTensor.decode` converts pieces of whole numbers with `np.fromstring` once
+   brackets, quotes and blanks are deleted: correctly rounded to float64, as orjson
+   reads numbers, then cast, as ``np.array(orjson.loads(...)).astype(dtype)`` did.
 
-Memory: `loads` holds, beyond the body, block-sized temporaries, the skeleton and its
-Python objects (`parse_cost`); `decode` the output and block-sized temporaries
-(`JsonTensor.decode_cost`).
+Memory: `loads` holds, beyond the body (used in place: bytes, bytearray or memoryview),
+block-sized temporaries and the skeleton with its Python objects (`parse_cost`);
+`decode` the output and block-sized temporaries (`JsonTensor.decode_cost`).
 """
 
 from __future__ import annotations
@@ -39,7 +43,6 @@ import math
 import re
 import secrets
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any, Final, NamedTuple
 
 import ml_dtypes
@@ -52,25 +55,30 @@ from service.errors import InvalidArgument, MalformedBody, TooLarge, ValueOutOfR
 
 Body = bytes | bytearray | memoryview
 
-#: bytes scanned per numpy step; every temporary of `loads` and `decode` is a small
+#: bytes handled per numpy step; every temporary of `loads` and `decode` is a small
 #: multiple of it
 BLOCK: Final = 1 << 18
-#: most bytes of JSON outside tensors (keys, strings, objects, each tensor counted as
-#: its placeholder); orjson's Python objects for them take at most ~38x as much
-SKELETON_MAX: Final = 1 << 18
-#: peak bytes of Python objects orjson makes per byte of skeleton (measured at most 38,
-#: for 256 KiB of ``[[[]],...]``)
-SKELETON_OBJECTS: Final = 40
-#: peak bytes of temporaries per byte of a block while scanning and checking it
+#: most bytes of JSON outside tensors (keys, strings, objects; a tensor counts as its
+#: placeholder, ~10 bytes): far more than any request's names and parameters
+SKELETON_MAX: Final = 1 << 16
+#: peak bytes held per byte of skeleton: orjson's Python objects (measured at most 38,
+#: for ``[[[]],...]``), JsonTensor objects (~200 bytes per tensor, one per 9 bytes or
+#: more), and int64 positions of events, backslashes and ':' (32)
+SKELETON_COST: Final = 96
+#: peak bytes of temporaries per byte of a block while scanning and checking
+#: (measured at most 13)
 SCAN_TEMPORARIES: Final = 16
-#: peak bytes of temporaries per byte of a block while converting it (a float64 per
-#: number: at most 4 per byte, as numbers take 2 bytes at least, plus the text copy)
+#: peak bytes of temporaries per byte of a block while converting (measured at most
+#: 10: a float64 per number, numbers taking 2 bytes or more, and the text)
 DECODE_TEMPORARIES: Final = 12
-#: fixed bytes: the tables, the regular expressions' state, small arrays
+#: fixed bytes: small arrays and objects
 FIXED: Final = 1 << 16
+#: documents up to this size are read by orjson first (Python objects, at most
+#: SKELETON_COST bytes per byte), which is ~10x quicker for them than the general way
+SMALL_BODY: Final = 1 << 14
 
 NON_FINITE = ("NaN", "Infinity", "-Infinity")
-INTEGER_DIGITS = 18  # any integer of at most this many digits fits int64
+INTEGER_DIGITS = 18  # every integer of at most this many digits fits int64
 
 _WS = rb"[ \t\n\r]*+"
 _NUMBER = rb"-?+(?:0|[1-9][0-9]*+)(?:\.[0-9]++)?+(?:[eE][+-]?+[0-9]++)?+"
@@ -80,10 +88,10 @@ _BARE = rb"NaN|-?Infinity"
 
 
 def _array_pattern(scalar: bytes) -> re.Pattern[bytes]:
-    """A JSON array of scalars and arrays, brackets unbalanced allowed (checked apart).
+    """A JSON array of scalars and arrays (whether brackets balance is checked apart).
 
-    Which symbol may follow which is all a regular expression can check: after ``[``
-    a value or ``]``; after a value ``,`` or ``]``; after ``,`` a value.
+    Which symbol may follow which is what this checks: after ``[`` a value or ``]``;
+    after a value ``,`` or ``]``; after ``,`` a value.
     """
     item = rb"(?:" + scalar + rb"|(?:\[" + _WS + rb")++(?:" + scalar + rb"|\]))"
     closes = _WS + rb"(?:\]" + _WS + rb")*+"
@@ -103,59 +111,73 @@ _PROBLEM = re.compile(
     rb'(?:[^"tfnNI]++|"(?:NaN|-?Infinity)"|NaN|Infinity)*+(true|false|null|"(?:[^"\\]++|\\.)*+")',
     re.S,
 )
+_MAYBE_PROBLEM = re.compile(rb'["tfn]')
 # An array of nothing but strings other than the non-finite spellings, or empty ones.
 _NO_NUMBER = re.compile(
     rb'(?:[\[\], \t\n\r]++|"(?!(?:NaN|-?Infinity)")(?:[^"\\]++|\\.)*+")*+', re.S
 )
 _WS_RE = re.compile(_WS)
+_NUL_ESCAPE = re.compile(rb"\\u0000")
+_NOT_INTEGER = re.compile(rb'[.eE"NI]')
+_LONG_INTEGER = re.compile(rb"[0-9]{%d}" % (INTEGER_DIGITS + 1))
+_STRUCTURE_BYTE = re.compile(rb"[\[\],]")
+_DELIMITER_BYTE = re.compile(rb"[\[\], \t\n\r]")
 
 _WHITESPACE = b" \t\n\r"
 _IS_WS = np.zeros(256, bool)
 _IS_WS[list(_WHITESPACE)] = True
-# brackets and commas kept, whitespace deleted (by translate's delete), the rest "x"
+# brackets and commas kept, the rest "x" (whitespace deleted apart)
 _MARK_TOKENS = bytes(c if c in b"[]," else ord("x") for c in range(256))
 _NOT_STRUCTURE = bytes(c for c in range(256) if c not in b"[],")
+_NOT_NUMBERS = b'[]" \t\n\r'  # what np.fromstring must not see: numbers and commas stay
 _EMPTY = np.zeros(0, np.int64)
+_NO_TEXT = memoryview(b"")
 _QUOTE, _BACKSLASH, _COMMA, _COLON = 34, 92, 44, 58
 _OPEN, _CLOSE, _LBRACE, _RBRACE = 91, 93, 123, 125
 
 
-# --- the cost bound ----------------------------------------------------------------
-
-
 def parse_cost(body_length: int) -> int:
-    """An upper bound of the bytes `loads` holds beyond the body while it runs.
-
-    Temporaries are per block (``SCAN_TEMPORARIES * BLOCK``), the skeleton is at most
-    `SKELETON_MAX` bytes with `SKELETON_OBJECTS` bytes of Python objects per byte, and
-    event positions (int64) are at most one per skeleton byte. A memoryview that is
-    not a whole bytes object is copied first: add `body_length` for one. What the
-    tensors will take decoded is `JsonTensor.nbytes`; converting them costs
-    `JsonTensor.decode_cost`.
-    """
+    """An upper bound of the bytes `loads` holds beyond the body while it runs:
+    ``SCAN_TEMPORARIES`` per byte of a block, ``SKELETON_COST`` per byte of skeleton
+    (at most SKELETON_MAX), and FIXED. What the tensors take decoded is
+    `JsonTensor.nbytes`; converting one holds `JsonTensor.decode_cost`."""
     block = min(body_length, BLOCK)
     skeleton = min(body_length, SKELETON_MAX)
-    return SCAN_TEMPORARIES * block + (SKELETON_OBJECTS + 1 + 3 * 8) * skeleton + FIXED
+    return SCAN_TEMPORARIES * block + SKELETON_COST * skeleton + FIXED
 
 
 # --- tensors -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True, eq=False, repr=False)
 class JsonTensor:
     """A JSON array of numbers, checked but not converted: ``data[start:stop]``.
 
-    `shape` is the array's (``()`` when `problem` says why it is no tensor); `decode`
-    converts it. Strings among the numbers may only be "NaN", "Infinity", "-Infinity";
-    with `bare_non_finite` the same three are accepted unquoted too.
+    `shape` is the array's, or ``()`` when `problem` says why it is no tensor (decode
+    then raises it); `decode` converts it. Strings among the numbers may only be "NaN",
+    "Infinity", "-Infinity"; with `bare_non_finite` the three literals unquoted too.
+    `data` is the body itself: it must not change until the tensor is decoded. A small
+    document's numbers are read at once (`array`).
     """
 
-    data: bytes
-    start: int
-    stop: int
-    shape: tuple[int, ...]
-    problem: str | None
-    bare_non_finite: bool
+    __slots__ = ("array", "bare_non_finite", "data", "problem", "shape", "start", "stop")
+
+    def __init__(
+        self,
+        data: memoryview,
+        start: int,
+        stop: int,
+        shape: tuple[int, ...],
+        problem: str | None,
+        bare_non_finite: bool,
+        array: np.ndarray | None = None,
+    ) -> None:
+        self.data = data
+        self.start = start
+        self.stop = stop
+        self.shape = shape
+        self.problem = problem
+        self.bare_non_finite = bare_non_finite
+        self.array = array
 
     def __repr__(self) -> str:
         return f"JsonTensor(shape={self.shape})"
@@ -164,22 +186,33 @@ class JsonTensor:
     def size(self) -> int:
         return math.prod(self.shape)
 
+    def text(self) -> bytes:
+        """The array's JSON text (as the client wrote it, or as orjson writes `array`)."""
+        if self.array is not None:
+            return orjson.dumps(self.array, option=orjson.OPT_SERIALIZE_NUMPY)
+        return bytes(self.data[self.start : self.stop])
+
     def nbytes(self, dtype: DType) -> int:
         """Bytes of the decoded array."""
         return self.size * dtype.numpy.itemsize
 
     def decode_cost(self, dtype: DType) -> int:
-        """An upper bound of the bytes `decode` holds: the output and its temporaries."""
+        """An upper bound of the bytes `decode` holds: the output and its temporaries
+        (block-sized ones, or a float64 copy of a small document's numbers)."""
+        if self.array is not None:
+            return self.nbytes(dtype) + 8 * self.size + FIXED
         span = min(self.stop - self.start, BLOCK)
         return self.nbytes(dtype) + DECODE_TEMPORARIES * span + FIXED
 
     def decode(self, dtype: DType, name: str) -> np.ndarray:
-        """The numbers as an array of `dtype`; 422 when they are not numbers, are not
-        integers for an integer dtype, or do not fit it."""
+        """The numbers as an array of `dtype`; InvalidArgument (422) when they are not
+        numbers, not integers for an integer dtype, or beyond what it holds."""
         if self.problem is not None:
             raise InvalidArgument(f"{name} {self.problem}")
         if self.size == 0:
             return np.zeros(self.shape, dtype.numpy)
+        if self.array is not None:
+            return _decode_array(self.array, dtype, name)
         if dtype.is_float:
             flat = _decode_floats(self, dtype, name)
         else:
@@ -189,12 +222,12 @@ class JsonTensor:
 
 def tensor(text: bytes, *, bare_non_finite: bool = False) -> JsonTensor:
     """One JSON array, alone in `text`, as a JsonTensor (MalformedBody if it is not one)."""
-    start = _WS_RE.match(text).end()  # type: ignore[union-attr]
+    data = memoryview(text)
+    start = _WS_RE.match(data).end()  # type: ignore[union-attr]
     stop = len(text.rstrip(_WHITESPACE))
     if stop <= start or text[start] != _OPEN:
         raise MalformedBody("not a JSON array")
-    escaped = _escaped_quotes(text, len(text)) if b"\\" in text else _EMPTY
-    return _tensor(text, start, stop, bare_non_finite, escaped)
+    return _tensor(data, start, stop, bare_non_finite, _backslashes(data)[1])
 
 
 # --- loads -------------------------------------------------------------------------
@@ -205,14 +238,18 @@ def loads(body: Body, *, bare_non_finite: bool) -> Any:
 
     MalformedBody (400) for invalid JSON anywhere; TooLarge (422) when the JSON outside
     tensors is over SKELETON_MAX bytes. With `bare_non_finite` (Triton's JSON) the
-    literals NaN, Infinity and -Infinity are accepted inside tensors.
+    literals NaN, Infinity and -Infinity are numbers too inside tensors.
     """
-    data = _as_bytes(body)
-    n = len(data)
-    scan = _scan(data, n)
-    spans = _tensor_spans(data, n, scan)
+    data = _as_view(body)
+    if len(data) <= SMALL_BODY:
+        try:
+            return _loads_small(data)
+        except (orjson.JSONDecodeError, _Unusual):
+            pass  # the general way below says what is wrong, or reads what orjson cannot
+    scan = _scan(data)
+    spans = _tensor_spans(data, scan)
     marker, placeholder = _marker(data)
-    size = n - sum(stop - start for start, stop in spans)
+    size = len(data) - sum(stop - start for start, stop in spans)
     size += sum(len(placeholder(k)) for k in range(len(spans)))
     if size > SKELETON_MAX:
         raise TooLarge(
@@ -222,38 +259,94 @@ def loads(body: Body, *, bare_non_finite: bool) -> Any:
     pieces: list[bytes] = []
     previous = 0
     for k, (start, stop) in enumerate(spans):
-        pieces += (data[previous:start], placeholder(k))
+        pieces += (bytes(data[previous:start]), placeholder(k))
         previous = stop
-    pieces.append(data[previous:])
+    pieces.append(bytes(data[previous:]))
     skeleton = b"".join(pieces)
     del pieces
     try:
         document = orjson.loads(skeleton)
     except orjson.JSONDecodeError as exc:
-        raise MalformedBody(
-            f"body is not valid JSON: {_located(exc, spans, placeholder)}"
-        ) from None
+        where = _located(exc, spans, placeholder)
+        raise MalformedBody(f"body is not valid JSON: {where}") from None
     del skeleton
     tensors = [_tensor(data, start, stop, bare_non_finite, scan.escaped) for start, stop in spans]
     return _restore(document, marker, tensors)
 
 
-def _as_bytes(body: Body) -> bytes:
-    if isinstance(body, bytes):
-        return body
-    if isinstance(body, memoryview) and isinstance(body.obj, bytes):
-        if body.c_contiguous and body.nbytes == len(body.obj) and body.itemsize == 1:
-            return body.obj  # the whole object: no copy
-    return bytes(body)
+class _Unusual(Exception):
+    """A small document the general way must read (strings or literals among numbers,
+    jagged or deep arrays)."""
 
 
-def _marker(data: bytes) -> tuple[str, Callable[[int], bytes]]:
+def _loads_small(data: memoryview) -> Any:
+    """A small document read by orjson, each array of plain numbers turned into a
+    JsonTensor holding them (np.array), as the general way would (the tests compare).
+    Raises orjson.JSONDecodeError or _Unusual for what it leaves to the general way."""
+    document = orjson.loads(data)
+    if type(document) is list:
+        document = _small_tensor(document)
+    stack: list[Any] = [document]
+    while stack:
+        node = stack.pop()
+        if type(node) is dict:
+            for key, value in node.items():
+                if type(value) is list:
+                    found = _small_tensor(value)
+                    if found is value:
+                        stack.append(value)  # skeleton: objects in it hold arrays
+                    else:
+                        node[key] = found
+                elif type(value) is dict:
+                    stack.append(value)
+        elif type(node) is list:
+            stack.extend(v for v in node if type(v) is dict or type(v) is list)
+    return document
+
+
+def _small_tensor(value: list[Any]) -> Any:
+    """`value` (an array after ':' or the whole document) as a JsonTensor when it holds
+    numbers only, itself when it holds no number (skeleton); _Unusual otherwise."""
+    if not value:
+        return value
+    text = orjson.dumps(value)  # orjson writes numbers with digits, ".", "-", "e" only
+    if b"{" in text and any(type(v) is dict for v in value):
+        return value  # it holds objects
+    if b'"' in text:
+        if all(type(v) is str and v not in NON_FINITE for v in value):
+            return value  # strings: "outputs": ["loss"]
+        raise _Unusual
+    if b"{" in text or b"t" in text or b"f" in text or b"n" in text:
+        raise _Unusual  # objects deeper down, true, false, null
+    try:
+        array = np.array(value)
+    except ValueError:
+        raise _Unusual from None  # jagged, or deeper than numpy goes
+    if array.dtype.kind not in "iuf" or array.ndim > MAX_RANK:
+        raise _Unusual  # integers beyond int64 beside negative ones
+    if array.size == 0:
+        return value  # no number: skeleton, as [[], []] is
+    # orjson's text is not kept: its buffer is ~4 KiB however short the text
+    return JsonTensor(_NO_TEXT, 0, 0, array.shape, None, False, array)
+
+
+def _as_view(body: Body) -> memoryview:
+    """The body as a flat memoryview of bytes, without a copy."""
+    view = memoryview(body)
+    if view.ndim == 1 and view.format == "B":
+        return view
+    if view.c_contiguous:
+        return view.cast("B")
+    return memoryview(view.tobytes())
+
+
+def _marker(data: memoryview) -> tuple[str, Callable[[int], bytes]]:
     """The prefix of placeholder strings, and the JSON text of the k-th placeholder.
 
     A decoded string can start with U+0000 only if the body spells it ``\\u0000``; when
     it does, a random suffix keeps placeholders apart from the client's strings.
     """
-    nonce = "" if b"\\u0000" not in data else secrets.token_hex(8) + ":"
+    nonce = "" if _NUL_ESCAPE.search(data) is None else secrets.token_hex(8) + ":"
     encoded = nonce.encode()
 
     def placeholder(k: int) -> bytes:
@@ -303,32 +396,39 @@ class _Scan(NamedTuple):
     events: np.ndarray  # positions of { } : outside strings, ascending
     closes: np.ndarray  # for each event, the last ] outside strings before it, or -1
     last_close: int  # the last ] outside strings in the document, or -1
+    slashes: int  # backslashes in the document
     escaped: np.ndarray  # positions of quotes escaped by a backslash
 
 
-def _escaped_quotes(data: bytes, n: int) -> np.ndarray:
-    """Quotes preceded by an odd run of backslashes (those runs end inside strings)."""
+def _backslashes(data: memoryview) -> tuple[int, np.ndarray]:
+    """How many backslashes there are (TooLarge past SKELETON_MAX: they all belong in
+    strings of the skeleton), and the quotes they escape: those after an odd run."""
+    raw = np.frombuffer(data, np.uint8)
     parts = []
-    for a in range(0, n, BLOCK):
-        b = min(n, a + BLOCK)
-        if data.find(b"\\", a, b) >= 0:
-            block = np.frombuffer(data, np.uint8, b - a, a)
-            parts.append(np.flatnonzero(block == _BACKSLASH) + a)
+    count = 0
+    for a in range(0, raw.size, BLOCK):
+        at = np.flatnonzero(raw[a : a + BLOCK] == _BACKSLASH)
+        if at.size:
+            count += at.size
+            if count > SKELETON_MAX:
+                raise TooLarge(f"the body holds more than {SKELETON_MAX} backslashes")
+            parts.append(at + a)
+    if not count:
+        return 0, _EMPTY
     slashes = np.concatenate(parts)
     last = np.ones(slashes.size, bool)
     last[:-1] = np.diff(slashes) != 1
     ends = np.flatnonzero(last)
     runs = np.diff(ends, prepend=-1)
     after = slashes[ends[runs % 2 == 1]] + 1
-    after = after[after < n]
-    return after[np.frombuffer(data, np.uint8)[after] == _QUOTE]
+    after = after[after < raw.size]
+    quoted: np.ndarray = after[raw[after] == _QUOTE]
+    return count, quoted
 
 
-def _scan(data: bytes, n: int) -> _Scan:
-    slashes = data.count(b"\\")
-    if slashes > SKELETON_MAX:  # every backslash is in a string of the skeleton
-        raise TooLarge(f"the body holds {slashes} backslashes; at most {SKELETON_MAX}")
-    escaped = _escaped_quotes(data, n) if slashes else _EMPTY
+def _scan(data: memoryview) -> _Scan:
+    n = len(data)
+    slashes, escaped = _backslashes(data)
     events: list[np.ndarray] = []
     closes: list[np.ndarray] = []
     count = 0
@@ -336,29 +436,25 @@ def _scan(data: bytes, n: int) -> _Scan:
     last_close = -1
     for a in range(0, n, BLOCK):
         b = min(n, a + BLOCK)
+        chunk = bytes(data[a:b])
+        block = np.frombuffer(chunk, np.uint8)
         outside: np.ndarray | None = None
-        if data.find(b'"', a, b) < 0:
+        if b'"' not in chunk:
             if in_string:
                 continue  # all inside one string
-            if slashes and data.find(b"\\", a, b) >= 0:
+            if slashes and b"\\" in chunk:
                 raise MalformedBody(f"body is not valid JSON: '\\' outside a string near byte {a}")
-            if (
-                data.find(b"{", a, b) < 0
-                and data.find(b"}", a, b) < 0
-                and data.find(b":", a, b) < 0
-            ):
-                last_close = max(last_close, data.rfind(b"]", a, b))
+            if b"{" not in chunk and b"}" not in chunk and b":" not in chunk:
+                if (at := chunk.rfind(b"]")) >= 0:
+                    last_close = a + at
                 continue
-            block = np.frombuffer(data, np.uint8, b - a, a)
         else:
-            block = np.frombuffer(data, np.uint8, b - a, a)
             quotes = block == _QUOTE
             if escaped.size:
                 inside = escaped[(escaped >= a) & (escaped < b)]
                 quotes[inside - a] = False
             parity = np.bitwise_xor.accumulate(quotes.view(np.uint8))
-            if in_string:
-                parity ^= 1
+            parity ^= in_string
             outside = parity == 0
             in_string = int(parity[-1])
             if slashes and np.any((block == _BACKSLASH) & outside):
@@ -368,19 +464,19 @@ def _scan(data: bytes, n: int) -> _Scan:
         if outside is not None:
             found &= outside
             brackets &= outside
-        at = np.flatnonzero(found)
-        if at.size:
-            count += at.size
+        at_events = np.flatnonzero(found)
+        if at_events.size:
+            count += at_events.size
             if count > SKELETON_MAX:
                 raise TooLarge(f"the body holds more than {SKELETON_MAX} '{{', '}}' and ':'")
             shut = np.flatnonzero(brackets)
             if shut.size:
-                before = np.searchsorted(shut, at)
+                before = np.searchsorted(shut, at_events)
                 previous = np.where(before > 0, shut[np.maximum(before - 1, 0)] + a, last_close)
                 last_close = int(shut[-1]) + a
             else:
-                previous = np.full(at.size, last_close)
-            events.append(at + a)
+                previous = np.full(at_events.size, last_close)
+            events.append(at_events + a)
             closes.append(previous)
         elif brackets.any():
             last_close = b - 1 - int(np.argmax(brackets[::-1]))
@@ -390,30 +486,30 @@ def _scan(data: bytes, n: int) -> _Scan:
         np.concatenate(events) if events else _EMPTY,
         np.concatenate(closes) if closes else _EMPTY,
         last_close,
+        slashes,
         escaped,
     )
 
 
-def _tensor_spans(data: bytes, n: int, scan: _Scan) -> list[tuple[int, int]]:
+def _tensor_spans(data: memoryview, scan: _Scan) -> list[tuple[int, int]]:
     """[start, stop) of each array of numbers: after a ':' or the whole document."""
     raw = np.frombuffer(data, np.uint8)
+    n = raw.size
     events = scan.events
     kinds = raw[events]
     position = events[kinds == _COLON] + 1
-    for _ in range(2):  # one or two spaces after ':' in bulk, longer runs one by one
+    for step in range(3):  # up to two blanks after ':' in bulk, more one by one
         inside = position < n
         blank = np.zeros(position.size, bool)
         blank[inside] = _IS_WS[raw[position[inside]]]
-        position = position + blank
-    inside = position < n
-    blank = np.zeros(position.size, bool)
-    blank[inside] = _IS_WS[raw[position[inside]]]
+        if step < 2:
+            position = position + blank
     for i in np.flatnonzero(blank).tolist():
         position[i] = _WS_RE.match(data, int(position[i])).end()  # type: ignore[union-attr]
     position = position[position < n]
     starts = position[raw[position] == _OPEN]
     first = _WS_RE.match(data).end()  # type: ignore[union-attr]
-    if first < n and data[first] == _OPEN:
+    if first < n and raw[first] == _OPEN:
         starts = np.concatenate(([first], starts))
     if not starts.size:
         return []
@@ -435,23 +531,23 @@ def _tensor_spans(data: bytes, n: int, scan: _Scan) -> list[tuple[int, int]]:
 # --- checking one tensor -----------------------------------------------------------
 
 
-def _tensor(data: bytes, start: int, stop: int, bare: bool, escaped: np.ndarray) -> JsonTensor:
-    """Check data[start:stop], an array, and find its shape; MalformedBody if it is not
+def _tensor(data: memoryview, start: int, stop: int, bare: bool, escaped: np.ndarray) -> JsonTensor:
+    """Check data[start:stop], an array, and find its shape: MalformedBody if it is not
     JSON, a JsonTensor with a `problem` if it is JSON but no tensor."""
     structure = _Structure()
     tokens = _fast_check(data, start, stop, bare, structure) if stop - start >= FAST_MIN else None
     problem = None
-    if tokens is None:  # small, or not plainly numbers: the regular expression decides
+    if tokens is None:  # short, or not plainly numbers: the regular expression decides
         if not _ARRAY[bare].fullmatch(data, start, stop):
             raise MalformedBody(_unexpected(data, start, stop, bare))
-        if any(data.find(c, start, stop) >= 0 for c in (b'"', b"t", b"f", b"n")):
+        if _MAYBE_PROBLEM.search(data, start, stop) is not None:
             match = _PROBLEM.match(data, start, stop)
             if match is not None:
                 problem = _describe(match.group(1))
         if problem is None:
             structure = _Structure()
             tokens = _structure_of(data, start, stop, structure)
-    if problem is None and tokens is not None:
+    if problem is None:
         shape = structure.shape(tokens)
         if shape is not None and _canonical(data, start, stop, shape):
             return JsonTensor(data, start, stop, shape, None, bare)
@@ -464,19 +560,46 @@ def _tensor(data: bytes, start: int, stop: int, bare: bool, escaped: np.ndarray)
     return JsonTensor(data, start, stop, (), problem, bare)
 
 
+def _unexpected(data: memoryview, start: int, stop: int, bare: bool) -> str:
+    match = _ARRAY[bare].match(data, start, stop)
+    at = match.end() if match is not None else start
+    shown = bytes(data[at : min(stop, at + 24)])
+    message = f"body is not valid JSON: unexpected {quote(shown.decode('utf-8', 'replace'))}"
+    message += f" at byte {at}"
+    if not bare and (b"NaN" in shown or b"Infinity" in shown):
+        message += '; non-finite numbers are the strings "NaN", "Infinity", "-Infinity"'
+    return message
+
+
+def _describe(token: bytes) -> str:
+    """Why a tensor holding `token` (true, false, null or a string) is refused."""
+    if token in (b"true", b"false"):
+        return f"must hold numbers, not booleans (holds {token.decode()})"
+    if token == b"null":
+        return "holds null: values must be numbers or nested lists of numbers"
+    try:
+        text = orjson.loads(token if len(token) <= 256 else token[:255] + b'"')
+    except orjson.JSONDecodeError:
+        text = token[1:64].decode("utf-8", "replace")
+    return (
+        f"holds {quote(text)}: values must be numbers, or one of {', '.join(NON_FINITE)} as strings"
+    )
+
+
 # The fast check. Bytes are classed; digits after a digit, and blanks other than one
 # right after a token, are dropped; the rest, one symbol each, must follow each other
 # as the grammar says, which a table of every four symbols in a row tells.
-_END, _OPEN_, _CLOSE_, _COMMA_, _ZERO, _DIGIT, _MINUS, _PLUS, _DOT, _EXP, _LIT, _BAD = range(12)
+_S_END, _S_OPEN, _S_CLOSE, _S_COMMA = range(4)  # a blank ends a token; brackets, comma
+_ZERO, _DIGIT, _MINUS, _PLUS, _DOT, _EXP, _LIT, _BAD = range(4, 12)  # what tokens are made of
 _ZEROS = 12  # a run of digits that starts with 0 and goes on
 _PAD = 13  # before the first symbol
 _LITERAL = b"\x01"  # stands for a whole "NaN", "Infinity", "-Infinity" (quoted or bare)
 _CLASSES = bytearray([_BAD] * 256)
 for _chars, _kind in (
-    (b" \t\n\r", _END),  # a blank kept only right after a token, which it ends
-    (b"[", _OPEN_),
-    (b"]", _CLOSE_),
-    (b",", _COMMA_),
+    (_WHITESPACE, _S_END),
+    (b"[", _S_OPEN),
+    (b"]", _S_CLOSE),
+    (b",", _S_COMMA),
     (b"0", _ZERO),
     (b"123456789", _DIGIT),
     (b"-", _MINUS),
@@ -492,21 +615,21 @@ _CLASS_TABLE = bytes(_CLASSES)
 
 def _quad_table() -> np.ndarray:
     """bad[(a << 12) | (b << 8) | (c << 4) | d]: whether symbols a b c d in a row break
-    the grammar (a digit run stands for its whole run)."""
+    the grammar (a run of digits is one symbol)."""
     runs = (_ZERO, _DIGIT, _ZEROS)
-    starts = (_MINUS, _ZERO, _DIGIT, _LIT)  # what a value may start with (no 0 then digits)
+    starts = (_MINUS, _ZERO, _DIGIT, _LIT)  # what a value starts with (not 0 then digits)
     follows = {
-        _PAD: (_PAD, _OPEN_),
-        _OPEN_: (_OPEN_, _CLOSE_, *starts),
-        _COMMA_: (_OPEN_, *starts),
-        _CLOSE_: (_CLOSE_, _COMMA_),
-        _END: (_CLOSE_, _COMMA_),
+        _PAD: (_PAD, _S_OPEN),
+        _S_OPEN: (_S_OPEN, _S_CLOSE, *starts),
+        _S_COMMA: (_S_OPEN, *starts),
+        _S_CLOSE: (_S_CLOSE, _S_COMMA),
+        _S_END: (_S_CLOSE, _S_COMMA),
         _MINUS: runs,  # _ZEROS only after an exponent: see below
         _PLUS: runs,
         _DOT: runs,
         _EXP: (*runs, _MINUS, _PLUS),
-        _LIT: (_COMMA_, _CLOSE_, _END),
-        **{r: (_DOT, _EXP, _COMMA_, _CLOSE_, _END) for r in runs},
+        _LIT: (_S_COMMA, _S_CLOSE, _S_END),
+        **dict.fromkeys(runs, (_DOT, _EXP, _S_COMMA, _S_CLOSE, _S_END)),
     }
     good = np.zeros((16, 16), bool)
     for x, ys in follows.items():
@@ -520,31 +643,31 @@ def _quad_table() -> np.ndarray:
         bad |= is_run[y] & (x == _DOT) & (z == _DOT)  # 1.2.3
         bad |= is_run[y] & (x == _EXP) & ((z == _DOT) | (z == _EXP))  # 1e2.3, 1e2e3
     bad |= (a == _EXP) & sign[b] & is_run[c] & ((d == _DOT) | (d == _EXP))  # 1e-2.3
-    return bad.reshape(-1)
+    table: np.ndarray = bad.reshape(-1)
+    return table
 
 
 _QUAD_BAD = _quad_table()
 _SYMBOL_TEXT = bytes.maketrans(b"\x01\x02\x03", b"[],")
 FAST_MIN: Final = 1 << 12  # shorter arrays go to the regular expression alone
-FAST_PIECE: Final = BLOCK // 4  # its temporaries are ~23 bytes per byte
+FAST_PIECE: Final = BLOCK // 4  # the fast check holds ~20 bytes per byte of a piece
 
 
 def _fast_check(
-    data: bytes, start: int, stop: int, bare: bool, structure: _Structure
+    data: memoryview, start: int, stop: int, bare: bool, structure: _Structure
 ) -> int | None:
-    """The number of numbers in data[start:stop] when it is plainly a JSON array of
-    numbers (and "NaN"-like strings), its brackets and commas fed to `structure`; None
-    when it is not, or not plainly (the caller then asks the regular expression).
+    """The number of values in data[start:stop] when it is plainly a JSON array of
+    numbers (and non-finite spellings), its brackets and commas fed to `structure`;
+    None when it is not, or not plainly (the regular expression then decides).
 
-    By pieces cut at brackets and commas: every four symbols in a row are looked up in a table of
-    the grammar's (numbers, and the order of brackets, commas and values).
+    By pieces cut before brackets and commas, each looked up four symbols at a time.
     """
     tokens = 0
     context = np.full(3, _PAD, np.uint8)
     for a, b in _pieces(data, start, stop, _STRUCTURE_BYTE, FAST_PIECE):
         if b - a > 2 * FAST_PIECE:
             return None  # a long token or blank: the regular expression takes it
-        chunk = data[a:b]
+        chunk = bytes(data[a:b])
         if b'"' in chunk or (bare and (b"N" in chunk or b"I" in chunk)):
             if _LITERAL in chunk:
                 return None
@@ -557,7 +680,7 @@ def _fast_check(
         digit = (kinds & 0xFE) == _ZERO
         here, now, then = kinds[1:], digit[1:], digit[:-1]
         after_token = kinds[:-1] >= _ZERO
-        keep = (~now & ((here != _END) | after_token)) | (now & ~then)
+        keep = (~now & ((here != _S_END) | after_token)) | (now & ~then)
         ahead = np.zeros(now.size, bool)
         ahead[:-1] = now[1:]
         zeros = (here == _ZERO) & ~then & ahead
@@ -573,21 +696,20 @@ def _fast_check(
         del quads
         own = symbols[3:]
         previous = symbols[2:-1]
-        tokens += int(
-            np.count_nonzero(((previous == _OPEN_) | (previous == _COMMA_)) & (own >= _ZERO))
-        )
-        marks = own[(own - _OPEN_) <= _COMMA_ - _OPEN_]  # uint8: _END wraps round to 255
+        starting = ((previous == _S_OPEN) | (previous == _S_COMMA)) & (own >= _ZERO)
+        tokens += int(np.count_nonzero(starting))
+        marks = own[(own - _S_OPEN) <= _S_COMMA - _S_OPEN]  # uint8: _S_END wraps round
         structure.feed(marks.tobytes().translate(_SYMBOL_TEXT))
         context = symbols[-3:]
     return tokens
 
 
-def _structure_of(data: bytes, start: int, stop: int, structure: _Structure) -> int:
-    """Feed the brackets and commas of a checked array to `structure`; its token count."""
+def _structure_of(data: memoryview, start: int, stop: int, structure: _Structure) -> int:
+    """Feed the brackets and commas of a checked array to `structure`; its value count."""
     tokens = 0
     last = b""
     for a in range(start, stop, BLOCK):
-        marked = data[a : min(stop, a + BLOCK)].translate(_MARK_TOKENS, _WHITESPACE)
+        marked = bytes(data[a : min(stop, a + BLOCK)]).translate(_MARK_TOKENS, _WHITESPACE)
         if not marked:
             continue
         tokens += marked.count(b"[x") + marked.count(b",x")
@@ -602,9 +724,9 @@ class _Structure:
     """Brackets and commas of an array, fed in pieces: its rank, length, and how many
     commas follow each number of closing brackets.
 
-    In the brackets and commas of an array of shape (d1..dr) the commas between the
+    In the brackets and commas of an array of shape (d1..dr), the commas between the
     d_k children of a level-k array follow r - k closing brackets, and there are
-    A_k * (d_k - 1) of them, A_k = d1 * ... * d(k-1) arrays being at level k: that
+    A_k * (d_k - 1) of them, A_k = d1 * ... * d(k-1) arrays being at level k: which
     gives d1, then d2, ... in turn.
     """
 
@@ -635,9 +757,9 @@ class _Structure:
             self.counts[j] += joined.count(b"]" * j + b",")
         self.closers = joined[len(joined.rstrip(b"]")) :][-(self.rank + 1) :]
 
-    def shape(self, tokens: int) -> tuple[int, ...] | None:
-        """The shape these brackets and commas would have if regular, else None."""
-        if self.leading or self.too_deep:
+    def shape(self, tokens: int | None) -> tuple[int, ...] | None:
+        """The shape these brackets and commas have if the array is regular, else None."""
+        if tokens is None or self.leading or self.too_deep:
             return None
         rank, counts = self.rank, self.counts
         dims: list[int] = []
@@ -658,79 +780,16 @@ class _Structure:
         return shape
 
 
-def _canonical(data: bytes, start: int, stop: int, shape: tuple[int, ...]) -> bool:
+def _canonical(data: memoryview, start: int, stop: int, shape: tuple[int, ...]) -> bool:
     """Whether the brackets and commas of data[start:stop] are those of `shape`."""
     canonical = _Canonical(shape)
     offset = 0
     for a in range(start, stop, BLOCK):
-        structure = data[a : min(stop, a + BLOCK)].translate(None, _NOT_STRUCTURE)
+        structure = bytes(data[a : min(stop, a + BLOCK)]).translate(None, _NOT_STRUCTURE)
         if structure != canonical.slice(offset, offset + len(structure)):
             return False
         offset += len(structure)
     return True
-
-
-def _unexpected(data: bytes, start: int, stop: int, bare: bool) -> str:
-    match = _ARRAY[bare].match(data, start, stop)
-    at = match.end() if match is not None else start
-    shown = data[at : min(stop, at + 24)]
-    message = (
-        f"body is not valid JSON: unexpected {quote(shown.decode('utf-8', 'replace'))} at byte {at}"
-    )
-    if not bare and (b"NaN" in shown or b"Infinity" in shown):
-        message += '; non-finite numbers are the strings "NaN", "Infinity", "-Infinity"'
-    return message
-
-
-def _describe(token: bytes) -> str:
-    """Why a tensor holding `token` (true, false, null or a string) is refused."""
-    if token in (b"true", b"false"):
-        return f"must hold numbers, not booleans (holds {token.decode()})"
-    if token == b"null":
-        return "holds null: values must be numbers or nested lists of numbers"
-    try:
-        text = orjson.loads(token if len(token) <= 256 else token[:255] + b'"')
-    except orjson.JSONDecodeError:
-        text = token[1:64].decode("utf-8", "replace")
-    return (
-        f"holds {quote(text)}: values must be numbers, or one of {', '.join(NON_FINITE)} as strings"
-    )
-
-
-def _depth(data: bytes, start: int, stop: int, escaped: np.ndarray) -> int:
-    """The deepest nesting of data[start:stop], brackets in strings aside; MalformedBody
-    unless its brackets balance with the first closed by the last."""
-    depth = 0
-    deepest = 0
-    in_string = 0
-    unbalanced = MalformedBody(
-        f"body is not valid JSON: unbalanced brackets in the array at byte {start}"
-    )
-    for a in range(start, stop, BLOCK):
-        b = min(stop, a + BLOCK)
-        block = np.frombuffer(data, np.uint8, b - a, a)
-        steps = (block == _OPEN).view(np.int8) - (block == _CLOSE).view(np.int8)
-        if data.find(b'"', a, b) >= 0 or in_string:
-            quotes = block == _QUOTE
-            if escaped.size:
-                inside = escaped[(escaped >= a) & (escaped < b)]
-                quotes[inside - a] = False
-            parity = np.bitwise_xor.accumulate(quotes.view(np.uint8))
-            parity ^= in_string
-            in_string = int(parity[-1])
-            steps[parity.view(bool)] = 0
-            del quotes, parity
-        levels = np.cumsum(steps, dtype=np.int32)
-        del steps
-        levels += depth
-        inner = levels[:-1] if b == stop else levels
-        if inner.size and int(inner.min()) <= 0:
-            raise unbalanced
-        deepest = max(deepest, int(levels.max()))
-        depth = int(levels[-1])
-    if depth != 0:
-        raise unbalanced
-    return deepest
 
 
 def _skeleton_length(shape: tuple[int, ...]) -> int:
@@ -770,7 +829,7 @@ class _Canonical:
         if length <= BLOCK:
             return self.whole(level)[a:b]
         child = self.lengths[level + 1]
-        period = child + 1
+        period = child + 1  # a child and its comma
         parts = []
         if a == 0:
             parts.append(b"[")
@@ -781,7 +840,7 @@ class _Canonical:
                 shift = (inner_a - 1) % period
                 count = (shift + inner_b - inner_a) // period + 1
                 parts.append((unit * count)[shift : shift + inner_b - inner_a])
-            else:
+            else:  # children longer than a slice: at most two of them
                 for i in range((inner_a - 1) // period, (inner_b - 2) // period + 1):
                     base = 1 + i * period
                     parts.append(self.slice(inner_a - base, inner_b - base, level + 1))
@@ -792,14 +851,53 @@ class _Canonical:
         return b"".join(parts)
 
 
+def _depth(data: memoryview, start: int, stop: int, escaped: np.ndarray) -> int:
+    """The deepest nesting of data[start:stop], brackets in strings aside; MalformedBody
+    unless its brackets balance with the first closed by the last."""
+    depth = 0
+    deepest = 0
+    in_string = 0
+    unbalanced = MalformedBody(
+        f"body is not valid JSON: unbalanced brackets in the array at byte {start}"
+    )
+    raw = np.frombuffer(data, np.uint8)
+    for a in range(start, stop, BLOCK):
+        b = min(stop, a + BLOCK)
+        block = raw[a:b]
+        steps = (block == _OPEN).view(np.int8) - (block == _CLOSE).view(np.int8)
+        quotes = block == _QUOTE
+        if in_string or quotes.any():
+            if escaped.size:
+                inside = escaped[(escaped >= a) & (escaped < b)]
+                quotes[inside - a] = False
+            parity = np.bitwise_xor.accumulate(quotes.view(np.uint8))
+            parity ^= in_string
+            in_string = int(parity[-1])
+            steps[parity.view(bool)] = 0
+            del parity
+        del quotes
+        levels = np.cumsum(steps, dtype=np.int32)
+        del steps
+        levels += depth
+        inner = levels[:-1] if b == stop else levels
+        if inner.size and int(inner.min()) <= 0:
+            raise unbalanced
+        deepest = max(deepest, int(levels.max()))
+        depth = int(levels[-1])
+    if depth != 0:
+        raise unbalanced
+    return deepest
+
+
 # --- converting --------------------------------------------------------------------
 
 
 def _pieces(
-    data: bytes, start: int, stop: int, cut: re.Pattern[bytes], size: int = BLOCK
+    data: memoryview, start: int, stop: int, cut: re.Pattern[bytes], size: int | None = None
 ) -> Iterator[tuple[int, int]]:
-    """[a, b) pieces of data[start:stop] of about `size` bytes, each after the first
-    starting at a byte `cut` finds (a piece is longer only where there is none)."""
+    """[a, b) pieces of data[start:stop] of about `size` (BLOCK) bytes, each after the
+    first starting at a byte `cut` finds (a piece is longer only where there is none)."""
+    size = size or BLOCK
     a = start
     while a < stop:
         found = cut.search(data, min(a + size, stop), stop)
@@ -810,15 +908,9 @@ def _pieces(
         a = found.start()
 
 
-_STRUCTURE_BYTE = re.compile(rb"[\[\],]")
-_DELIMITER_BYTE = re.compile(rb"[\[\], \t\n\r]")
-# what np.fromstring reads of a checked array: numbers and commas only
-_NOT_NUMBERS = b'[]" \t\n\r'
-
-
-def _numbers_text(data: bytes, a: int, b: int) -> bytes:
+def _numbers_text(data: memoryview, a: int, b: int) -> bytes:
     """The numbers of data[a:b] (a piece cut at a delimiter), comma-separated."""
-    return data[a:b].translate(None, _NOT_NUMBERS).strip(b",")
+    return bytes(data[a:b]).translate(None, _NOT_NUMBERS).strip(b",")
 
 
 def _field(text: bytes, index: int) -> str:
@@ -826,12 +918,12 @@ def _field(text: bytes, index: int) -> str:
     commas = np.flatnonzero(np.frombuffer(text, np.uint8) == _COMMA)
     begin = int(commas[index - 1]) + 1 if index > 0 else 0
     end = int(commas[index]) if index < commas.size else len(text)
-    return quote(text[begin:end].strip().decode("ascii", "replace"))
+    return quote(text[begin:end].decode("ascii", "replace"))
 
 
 def _positive_zeros(text: bytes) -> bytes:
-    """`text` with each integer -0 written 0: orjson reads -0 as the integer 0 and
-    -0.0 as negative zero, and numpy kept that."""
+    """`text` with each integer -0 written 0: orjson reads -0 as the integer 0 (and
+    -0.0 as negative zero), and numpy kept it."""
     if text.count(b"-0,") == 0 and not text.endswith(b"-0"):
         return text
     raw = np.frombuffer(text + b",", np.uint8)
@@ -840,6 +932,13 @@ def _positive_zeros(text: bytes) -> bytes:
     if not at.size:
         return text
     return np.delete(raw[:-1], at).tobytes()
+
+
+def _numbers(text: bytes, dtype: type[np.generic]) -> np.ndarray:
+    try:
+        return np.fromstring(text, dtype, sep=",")
+    except ValueError:  # the grammar was checked: a bug here, not the client's doing
+        raise MalformedBody("a number could not be read") from None
 
 
 def _decode_floats(t: JsonTensor, dtype: DType, name: str) -> np.ndarray:
@@ -853,11 +952,12 @@ def _decode_floats(t: JsonTensor, dtype: DType, name: str) -> np.ndarray:
         count = wide.size
         if filled + count > out.size:
             raise MalformedBody(f"{name}: more numbers than its shape {list(t.shape)} holds")
-        if not np.isfinite(wide).all() and np.count_nonzero(np.isinf(wide)) > text.count(
-            b"Infinity"
-        ):
-            finite = _numbers(text.replace(b"Infinity", b"0"), np.float64)
-            raise out_of_range(name, _field(text, int(np.argmax(np.isinf(finite)))), DType.float64)
+        if not np.isfinite(wide).all():
+            infinite = np.count_nonzero(np.isinf(wide))
+            if infinite > text.count(b"Infinity"):  # a finite number beyond float64
+                finite = _numbers(text.replace(b"Infinity", b"0"), np.float64)
+                shown = _field(text, int(np.argmax(np.isinf(finite))))
+                raise out_of_range(name, shown, DType.float64)
         narrow = out[filled : filled + count]
         with np.errstate(over="ignore", invalid="ignore"):
             np.copyto(narrow, wide, casting="unsafe")
@@ -871,10 +971,40 @@ def _decode_floats(t: JsonTensor, dtype: DType, name: str) -> np.ndarray:
     return out
 
 
+def _decode_array(array: np.ndarray, dtype: DType, name: str) -> np.ndarray:
+    """Numbers orjson read (int64, uint64 or float64, all finite), as `dtype`."""
+    if dtype.is_float:
+        wide = array.astype(np.float64, copy=False)
+        numpy_dtype = dtype.numpy
+        if dtype is DType.float64 or float(np.abs(wide).max()) <= _LARGEST[dtype]:
+            return wide.astype(numpy_dtype)  # nothing beyond the largest finite value
+        with np.errstate(over="ignore"):
+            narrow = wide.astype(numpy_dtype)
+        overflow = np.isinf(narrow)  # rounding may still bring a value down to the largest
+        if overflow.any():
+            raise out_of_range(name, f"{wide.flat[int(np.argmax(overflow))]:g}", dtype)
+        return narrow
+    if array.dtype.kind == "f":  # fractions, or integers beyond 64 bits (orjson's floats)
+        fractions = array != np.round(array)
+        if not fractions.any() and np.abs(array).max() >= 2.0**63:
+            worst = float(array.flat[int(np.argmax(np.abs(array)))])
+            raise ValueOutOfRange(f"{name} holds {worst:g}, outside the range of {dtype.name}")
+        shown = quote(repr(float(array.flat[int(np.argmax(fractions))])))
+        raise InvalidArgument(f"{name} must hold integers (class indices); got {shown}")
+    info = np.iinfo(dtype.numpy)  # type: ignore[type-var]
+    low, high = int(array.min()), int(array.max())
+    if low < info.min or high > info.max:
+        worst = low if low < info.min else high
+        raise ValueOutOfRange(f"{name} holds {worst}, outside the range of {dtype.name}")
+    return array.astype(dtype.numpy)
+
+
+_LARGEST = {d: float(ml_dtypes.finfo(d.numpy).max) for d in DType if d.is_float}  # type: ignore[no-untyped-call]
+
+
 def out_of_range(name: str, shown: str, dtype: DType) -> ValueOutOfRange:
     """A finite number that `dtype` cannot hold, for a message naming `shown`."""
-    # numpy's finfo does not know bfloat16; ml_dtypes' knows every float type
-    largest = float(ml_dtypes.finfo(dtype.numpy).max)  # type: ignore[no-untyped-call]
+    largest = _LARGEST[dtype]
     advice = "" if dtype is DType.float64 else "; send a wider dtype"
     return ValueOutOfRange(
         f"{name} holds {shown}, which {dtype.name} cannot represent "
@@ -882,22 +1012,12 @@ def out_of_range(name: str, shown: str, dtype: DType) -> ValueOutOfRange:
     )
 
 
-def _numbers(text: bytes, dtype: type[np.generic]) -> np.ndarray:
-    try:
-        return np.fromstring(text, dtype, sep=",")
-    except ValueError:  # the grammar is checked: this is a bug, not a client's doing
-        raise MalformedBody("a number could not be read") from None
-
-
 def _decode_integers(t: JsonTensor, dtype: DType, name: str) -> np.ndarray:
     data, start, stop = t.data, t.start, t.stop
-    found = [
-        at for c in (b".", b"e", b"E", b'"', b"N", b"I") if (at := data.find(c, start, stop)) >= 0
-    ]
-    if found:
-        raise InvalidArgument(
-            f"{name} must hold integers (class indices); got {_around(data, min(found), start, stop)}"
-        )
+    found = _NOT_INTEGER.search(data, start, stop)
+    if found is not None:
+        shown = _around(data, found.start(), start, stop)
+        raise InvalidArgument(f"{name} must hold integers (class indices); got {shown}")
     info = np.iinfo(dtype.numpy)  # type: ignore[type-var]
     out = np.empty(t.size, dtype.numpy)
     filled = 0
@@ -913,8 +1033,8 @@ def _decode_integers(t: JsonTensor, dtype: DType, name: str) -> np.ndarray:
         if dtype is not DType.int64 and count:
             low, high = int(values.min()), int(values.max())
             if low < info.min or high > info.max:
-                shown = low if low < info.min else high
-                raise ValueOutOfRange(f"{name} holds {shown}, outside the range of {dtype.name}")
+                worst = low if low < info.min else high
+                raise ValueOutOfRange(f"{name} holds {worst}, outside the range of {dtype.name}")
         out[filled : filled + count] = values
         filled += count
     if filled != out.size:
@@ -922,11 +1042,8 @@ def _decode_integers(t: JsonTensor, dtype: DType, name: str) -> np.ndarray:
     return out
 
 
-_LONG_INTEGER = re.compile(rb"[0-9]{%d}" % (INTEGER_DIGITS + 1))
-
-
 def _check_digits(text: bytes, name: str, dtype: DType) -> None:
-    """Integers of more than INTEGER_DIGITS digits must fit int64 (numpy would saturate)."""
+    """Integers of more than INTEGER_DIGITS digits must fit int64 (numpy saturates)."""
     if _LONG_INTEGER.search(text) is None:
         return
     raw = np.frombuffer(text, np.uint8)
@@ -938,7 +1055,7 @@ def _check_digits(text: bytes, name: str, dtype: DType) -> None:
     lengths = runs[long]
     negative = (begins > 0) & (raw[np.maximum(begins - 1, 0)] == ord("-"))
     over = lengths > 19
-    if not over.any():  # 19 digits each: compare them as text with int64's limits
+    if not over.any():  # 19 digits each: compared as text with int64's limits
         words = raw[begins[:, None] + np.arange(19)].view("S19").ravel()
         limits = np.where(negative, b"9223372036854775808", b"9223372036854775807")
         over = words > limits
@@ -949,11 +1066,12 @@ def _check_digits(text: bytes, name: str, dtype: DType) -> None:
         raise ValueOutOfRange(f"{name} holds {quote(shown)}, outside the range of {dtype.name}")
 
 
-def _around(data: bytes, at: int, start: int, stop: int) -> str:
+def _around(data: memoryview, at: int, start: int, stop: int) -> str:
     """The token of data[start:stop] that holds byte `at`, quoted for a message."""
     lo = max(start, at - 64)
-    hi = min(stop, at + 64)
-    left = max(data.rfind(c, lo, at) for c in (b",", b"[", b" ", b"\t", b"\n", b"\r"))
-    right = [i for c in (b",", b"]", b" ", b"\t", b"\n", b"\r") if (i := data.find(c, at, hi)) >= 0]
-    token = data[(left + 1 if left >= 0 else lo) : (min(right) if right else hi)]
+    window = bytes(data[lo : min(stop, at + 64)])
+    at -= lo
+    left = max(window.rfind(c, 0, at) for c in (b",", b"[", b" ", b"\t", b"\n", b"\r"))
+    right = [i for c in (b",", b"]", b" ", b"\t", b"\n", b"\r") if (i := window.find(c, at)) >= 0]
+    token = window[left + 1 : min(right) if right else len(window)]
     return quote(token.decode("utf-8", "replace"))

@@ -104,7 +104,7 @@ def _from_list(value: list[Any], dtype: DType, name: str) -> np.ndarray:
 
 def _fragment_of(value: Any) -> orjson.Fragment:
     if isinstance(value, JsonTensor):
-        return orjson.Fragment(value.data[value.start : value.stop])
+        return orjson.Fragment(value.text())
     raise TypeError
 
 

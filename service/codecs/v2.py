@@ -8,7 +8,6 @@ allocated, and binary inputs are `np.frombuffer` views of the body.
 
 from __future__ import annotations
 
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -133,13 +132,6 @@ class OutputTensor:
     binary: bool
 
 
-def _json_data(array: np.ndarray) -> np.ndarray:
-    flat = array.reshape(-1)
-    if array.dtype.kind == "f" and array.dtype.itemsize >= 4:
-        return flat
-    return flat.astype(np.float32)  # float16/bfloat16 are exact in float32
-
-
 def encode_response(
     *, model_name: str, request_id: str | None, outputs: Sequence[OutputTensor]
 ) -> tuple[list[bytes | memoryview], int | None]:
@@ -149,7 +141,6 @@ def encode_response(
     """
     described: list[dict[str, Any]] = []
     chunks: list[bytes | memoryview] = []
-    finite = True
     for out in outputs:
         entry: dict[str, Any] = {
             "name": out.name,
@@ -160,21 +151,15 @@ def encode_response(
             raw = np.ascontiguousarray(out.array)
             entry["parameters"] = {"binary_data_size": raw.nbytes}
             chunks.append(memoryview(raw.reshape(-1).view(np.uint8)))  # type: ignore[arg-type]
-        else:
-            entry["data"] = _json_data(out.array)
-            finite = finite and bool(np.isfinite(entry["data"]).all())
+        else:  # flat, non-finite values bare as Triton writes them (its client reads them)
+            flat = out.array.reshape(-1)
+            entry["data"] = json_tensor.encode_fragment(flat, bare_non_finite=True)
         described.append(entry)
     document: dict[str, Any] = {"model_name": model_name, "model_version": "1"}
     if request_id is not None:
         document["id"] = request_id
     document["outputs"] = described
-    if finite:
-        header = orjson.dumps(document, option=orjson.OPT_SERIALIZE_NUMPY)
-    else:  # Triton writes bare NaN/Infinity, which its client reads; orjson would write null
-        for entry in described:
-            if "data" in entry:
-                entry["data"] = entry["data"].tolist()
-        header = json.dumps(document, separators=(",", ":")).encode()
+    header = orjson.dumps(document)
     if not chunks:
         return [header], None
     return [header, *chunks], len(header)

@@ -8,11 +8,13 @@ spelling JSON allows and strings that hold brackets, quotes and commas around th
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import math
 import time
 import tracemalloc
+from collections.abc import Iterator
 from decimal import Decimal
 from typing import Any
 
@@ -95,6 +97,26 @@ def ours(value: Any, dtype: DType) -> np.ndarray:
         return json_tensor.decode(value, dtype, "x")
     except InvalidArgument as exc:
         raise Refused from exc
+
+
+MODES = ("small", "regex", "fast")
+
+
+@contextlib.contextmanager
+def reading(mode: str) -> Iterator[None]:
+    """Documents read the way `mode` says, so that the random documents of each test
+    exercise all three and compare them with the same reference: "small" as shipped
+    (orjson first for small documents), "regex" the general way (a regular expression
+    checks short arrays), "fast" the general way with numpy's check for every array,
+    in blocks of a few bytes (what crosses from block to block)."""
+    with pytest.MonkeyPatch.context() as patch:
+        if mode != "small":
+            patch.setattr(json_document, "SMALL_BODY", -1)
+        if mode == "fast":
+            patch.setattr(json_document, "FAST_MIN", 0)
+            patch.setattr(json_document, "BLOCK", 24)
+            patch.setattr(json_document, "FAST_PIECE", 8)
+        yield
 
 
 def outcome(fn: Any, *args: Any) -> Any:
@@ -238,9 +260,10 @@ def dumps_spaced(value: Any, ws: Any) -> str:
     data=st.data(),
     dtype=st.sampled_from(list(DType)),
     where=st.sampled_from(["top", "member", "nested", "in-array"]),
+    mode=st.sampled_from(MODES),
 )
 def test_random_documents_decode_as_orjson_and_numpy_do(
-    data: st.DataObject, dtype: DType, where: str
+    data: st.DataObject, dtype: DType, where: str, mode: str
 ) -> None:
     ws = lambda: data.draw(WS)  # noqa: E731
     tokens, values = data.draw(
@@ -261,7 +284,12 @@ def test_random_documents_decode_as_orjson_and_numpy_do(
         parsed = orjson.loads(document)
     except orjson.JSONDecodeError:
         parsed = None  # a number beyond float64, which orjson refuses
-    mine = loads(document, bare_non_finite=False)
+        if not isinstance(tokens, list):  # a lone number is no tensor: orjson reads it
+            with pytest.raises(MalformedBody, match="infinity"):
+                loads(document, bare_non_finite=False)
+            return
+    with reading(mode):
+        mine = loads(document, bare_non_finite=False)
     path = {"top": [], "member": ["t"], "nested": ["o", "t"], "in-array": [0, "t"]}[where]
     value_mine, value_theirs = mine, parsed
     for key in path:
@@ -279,7 +307,8 @@ def test_random_documents_decode_as_orjson_and_numpy_do(
         if value_mine.problem is None:
             assert value_mine.shape == expected_shape
     want = outcome(reference, theirs_value, dtype)
-    got = outcome(ours, value_mine, dtype)
+    with reading(mode):
+        got = outcome(ours, value_mine, dtype)
     if want is Refused or got is Refused:
         assert want is got, (document, want, got)
     else:
@@ -297,23 +326,33 @@ def _without(document: Any, path: list[Any]) -> Any:
 
 
 @PROPERTY
-@given(data=st.data(), dtype=st.sampled_from([DType.float16, DType.float32, DType.float64]))
-def test_bare_non_finite_literals_when_asked(data: st.DataObject, dtype: DType) -> None:
+@given(
+    data=st.data(),
+    dtype=st.sampled_from([DType.float16, DType.float32, DType.float64]),
+    mode=st.sampled_from(MODES),
+)
+def test_bare_non_finite_literals_when_asked(data: st.DataObject, dtype: DType, mode: str) -> None:
     tokens, values = data.draw(tensor_tokens(integers=False, bare=True))
-    text = write(tokens, lambda: data.draw(WS))
-    document = f'{{"data": {text}}}'.encode()
     if not isinstance(tokens, list):
         return
-    got = outcome(ours, loads(document, bare_non_finite=True)["data"], dtype)
-    want = outcome(reference, python_value(values), dtype)
-    if want is Refused or got is Refused:
-        assert want is got
-    else:
-        np.testing.assert_array_equal(bits(got), bits(want))
-    if any(f" {n}" in f" {text}".replace("[", " ").replace(",", " ") for n in NON_FINITE):
-        if any(c in text for c in "0123456789NI"):  # a bare literal in there
-            with pytest.raises(MalformedBody):
+    text = write(tokens, lambda: data.draw(WS))
+    document = f'{{"data": {text}}}'.encode()
+    with reading(mode):
+        got = outcome(ours, loads(document, bare_non_finite=True)["data"], dtype)
+        want = outcome(reference, python_value(values), dtype)
+        if want is Refused or got is Refused:
+            assert want is got
+        else:
+            np.testing.assert_array_equal(bits(got), bits(want))
+        if any(token in NON_FINITE for token in _flat(tokens)):  # a bare literal
+            with pytest.raises(MalformedBody, match="JSON"):
                 loads(document, bare_non_finite=False)
+
+
+def _flat(nested: Any) -> list[Any]:
+    if isinstance(nested, list):
+        return [x for item in nested for x in _flat(item)]
+    return [nested]
 
 
 NESTED = st.recursive(
@@ -324,13 +363,17 @@ NESTED = st.recursive(
 
 
 @PROPERTY
-@given(value=st.lists(NESTED, max_size=4), spaced=st.booleans())
-def test_ragged_lists_are_refused_as_numpy_refuses_them(value: list[Any], spaced: bool) -> None:
+@given(value=st.lists(NESTED, max_size=4), spaced=st.booleans(), mode=st.sampled_from(MODES))
+def test_ragged_lists_are_refused_as_numpy_refuses_them(
+    value: list[Any], spaced: bool, mode: str
+) -> None:
     body = json.dumps({"x": value}, separators=(", ", ": ") if spaced else (",", ":")).encode()
-    loaded = loads(body, bare_non_finite=False)["x"]
+    with reading(mode):
+        loaded = loads(body, bare_non_finite=False)["x"]
     for dtype in (DType.float64, DType.int64):
         want = outcome(reference, value, dtype)
-        got = outcome(ours, loaded, dtype)
+        with reading(mode):
+            got = outcome(ours, loaded, dtype)
         if want is Refused or got is Refused:
             assert want is got, (body, want, got)
         else:
@@ -349,9 +392,14 @@ def mutated(draw: st.DrawFn) -> bytes:
     document = bytearray(
         f'{{"name": "a[\\"1,2\\"]", "labels": {text}, "outputs": ["loss"]}}'.encode()
     )
-    alphabet = st.sampled_from(list(b'[]{},:"\\0123456789-+.eE ntfrueal\t\x00\xff') + [0xC3])
+    alphabet = st.sampled_from(list(b'[]{},:"\\0123456789-+.eE ntfrueal\t\x00\xff\xc3'))
+    first = document.index(b"[")  # most mutations fall in the tensor
     for _ in range(draw(st.integers(1, 3))):
-        at = draw(st.integers(0, len(document)))
+        inside = draw(st.integers(0, 4)) > 0
+        at = draw(
+            st.integers(first, first + len(text)) if inside else st.integers(0, len(document))
+        )
+        at = min(at, len(document))
         action = draw(st.sampled_from(["insert", "delete", "replace"]))
         if action == "insert":
             document[at:at] = bytes([draw(alphabet)])
@@ -375,8 +423,13 @@ def _decode_all(document: Any, dtype: DType) -> Any:
 
 
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(document=mutated())
-def test_hostile_documents_are_refused_as_orjson_refuses_them(document: bytes) -> None:
+@given(document=mutated(), mode=st.sampled_from(MODES))
+def test_hostile_documents_are_refused_as_orjson_refuses_them(document: bytes, mode: str) -> None:
+    with reading(mode):
+        _hostile(document)
+
+
+def _hostile(document: bytes) -> None:
     try:
         theirs = orjson.loads(document)
     except orjson.JSONDecodeError as exc:
@@ -402,6 +455,25 @@ def test_hostile_documents_are_refused_as_orjson_refuses_them(document: bytes) -
         assert want is mine, (document, want, mine)
     else:
         assert json.dumps(mine, allow_nan=True) == json.dumps(want, allow_nan=True)
+
+
+@PROPERTY
+@given(
+    data=st.data(),
+    junk=st.lists(st.sampled_from(list(' \t,[]-+.eE0"N')), min_size=1, max_size=2).map("".join),
+    mode=st.sampled_from(MODES),
+)
+def test_bytes_put_among_numbers_break_them_as_orjson_says(
+    data: st.DataObject, junk: str, mode: str
+) -> None:
+    numbers = data.draw(st.lists(number_text(integers=False), min_size=1, max_size=12))
+    i = data.draw(st.integers(0, len(numbers) - 1))
+    at = data.draw(st.integers(0, len(numbers[i])))
+    numbers[i] = numbers[i][:at] + junk + numbers[i][at:]
+    sep = data.draw(st.sampled_from([",", ", ", " ,"]))
+    body = ("[" + sep.join(numbers) + "]").encode()
+    with reading(mode):
+        _hostile(body)
 
 
 def _numeric(value: list[Any]) -> bool:
@@ -440,6 +512,18 @@ def _numeric(value: list[Any]) -> bool:
         (b'{"labels": [0x10]}', MalformedBody, "JSON"),
         (b'{"labels": [1_0]}', MalformedBody, "JSON"),
         (b'{"labels": [1 2]}', MalformedBody, "JSON"),
+        (b'{"labels": [1 .5]}', MalformedBody, "JSON"),
+        (b'{"labels": [1. 5]}', MalformedBody, "JSON"),
+        (b'{"labels": [- 1]}', MalformedBody, "JSON"),
+        (b'{"labels": [1e 5]}', MalformedBody, "JSON"),
+        (b'{"labels": [[1] [2]]}', MalformedBody, "JSON"),
+        (b'{"labels": [[1],,[2]]}', MalformedBody, "JSON"),
+        (b'{"labels": [[1,]]}', MalformedBody, "JSON"),
+        (b'{"labels": [ , ]}', MalformedBody, "JSON"),
+        (b'{"labels": ["NaN" 1]}', MalformedBody, "JSON"),
+        (b'{"labels": ["NaN"1]}', MalformedBody, "JSON"),
+        (b'{"labels": [1"NaN"]}', MalformedBody, "JSON"),
+        (b'{"labels": [-"NaN"]}', MalformedBody, "JSON"),
         (b'{"labels": [NaN]}', MalformedBody, '"NaN"'),
         (b'{"labels": [Infinity, 1]}', MalformedBody, '"Infinity"'),
         (b'{"labels": [-Infinity]}', MalformedBody, "JSON"),
@@ -456,8 +540,9 @@ def _numeric(value: list[Any]) -> bool:
         (b"   ", MalformedBody, "JSON"),
     ],
 )
-def test_malformed_documents(body: bytes, error: type[Exception], message: str) -> None:
-    with pytest.raises(error, match=message):
+@pytest.mark.parametrize("mode", MODES)
+def test_malformed_documents(body: bytes, error: type[Exception], message: str, mode: str) -> None:
+    with reading(mode), pytest.raises(error, match=message):
         _decode_all(loads(body, bare_non_finite=False), DType.float32)
 
 
@@ -499,12 +584,14 @@ def test_malformed_documents(body: bytes, error: type[Exception], message: str) 
         (b"[-" + b"1" * 401 + b"]", DType.float64, ValueOutOfRange, "cannot represent"),
     ],
 )
+@pytest.mark.parametrize("mode", MODES)
 def test_documents_that_hold_no_tensor(
-    tensor: bytes, dtype: DType, error: type[Exception], message: str
+    tensor: bytes, dtype: DType, error: type[Exception], message: str, mode: str
 ) -> None:
-    value = loads(b'{"labels": ' + tensor + b"}", bare_non_finite=False)["labels"]
+    with reading(mode):
+        value = loads(b'{"labels": ' + tensor + b"}", bare_non_finite=False)["labels"]
     assert isinstance(value, JsonTensor)
-    with pytest.raises(error, match=message):
+    with reading(mode), pytest.raises(error, match=message):
         value.decode(dtype, "labels")
 
 
@@ -550,9 +637,9 @@ def test_long_arrays_take_the_fast_check_and_agree_with_the_slow_one(
     text = ("[" + ", ".join(texts) + "]").encode()
     assert len(text) > json_document.FAST_MIN
     fast = json_document._Structure()
-    assert json_document._fast_check(text, 0, len(text), False, fast) == len(texts)
+    assert json_document._fast_check(memoryview(text), 0, len(text), False, fast) == len(texts)
     slow = json_document._Structure()
-    assert json_document._structure_of(text, 0, len(text), slow) == len(texts)
+    assert json_document._structure_of(memoryview(text), 0, len(text), slow) == len(texts)
     assert fast.shape(len(texts)) == slow.shape(len(texts)) == (len(texts),)
     got = loads(text, bare_non_finite=False).decode(DType.float64, "x")
     want = reference(orjson.loads(text), DType.float64)
@@ -589,7 +676,10 @@ def test_the_fast_check_sends_what_is_not_plainly_numbers_to_the_regular_express
     bad: bytes,
 ) -> None:
     text = b"[" + b"1.5, " * 2000 + bad + b", 2]"
-    assert json_document._fast_check(text, 0, len(text), False, json_document._Structure()) is None
+    assert (
+        json_document._fast_check(memoryview(text), 0, len(text), False, json_document._Structure())
+        is None
+    )
 
 
 # --- bounds -------------------------------------------------------------------------
@@ -633,12 +723,43 @@ def test_a_50_mb_document_decodes_in_little_more_than_its_output(rng: np.random.
     assert decode_peak <= document["logits"].decode_cost(DType.float32) <= 0.45 * len(body)
 
 
-def test_the_skeleton_bound_holds_for_the_worst_skeletons() -> None:
-    for filler in (b"[[]]", b"{}", b'"a"', b"[]"):
-        count = json_document.SKELETON_MAX // (len(filler) + 1) - 4
+@pytest.mark.parametrize("kind", ["bytearray", "numpy memoryview"])
+def test_bodies_are_read_in_place(kind: str, rng: np.random.Generator) -> None:
+    text = orjson.dumps(
+        {"logits": rng.standard_normal((400, 1000)).astype(np.float32)},
+        option=orjson.OPT_SERIALIZE_NUMPY,
+    )
+    if kind == "bytearray":
+        body: Any = bytearray(text)
+    else:
+        buffer = np.empty(len(text), np.uint8)
+        buffer[:] = np.frombuffer(text, np.uint8)
+        body = memoryview(buffer.data)
+    document, peak = _traced(lambda: loads(body, bare_non_finite=False))
+    assert peak < len(text) / 2  # no copy of the body
+    array = document["logits"].decode(DType.float32, "logits")
+    np.testing.assert_array_equal(
+        array, loads(text, bare_non_finite=False)["logits"].decode(DType.float32, "x")
+    )
+
+
+@pytest.mark.parametrize(
+    "size", [json_document.SMALL_BODY, json_document.SKELETON_MAX], ids=["small", "skeleton"]
+)
+@pytest.mark.parametrize("filler", [b"[[]]", b"{}", b'"a"', b"[]", b'{"a":[1]}', b'{"a":1}', b"1"])
+def test_parse_cost_bounds_the_worst_documents(size: int, filler: bytes) -> None:
+    """Documents just under SMALL_BODY (read by orjson first) and SKELETON_MAX of what
+    makes the most Python objects per byte: nested lists, dicts, strings, tensors."""
+    count = size // (len(filler) + 1)
+    while True:
         body = b"[" + b",".join([filler] * count) + b"]"
-        _, peak = _traced(lambda body=body: loads(body, bare_non_finite=False))
-        assert peak <= parse_cost(len(body)), filler
+        try:
+            _, peak = _traced(lambda body=body: loads(body, bare_non_finite=False))
+            break
+        except TooLarge:  # placeholders are longer than [1]
+            count = count * 9 // 10
+    assert count > size // 20
+    assert peak <= parse_cost(len(body))
 
 
 def test_numbers_beside_a_long_numeric_string_are_refused_quickly_and_small() -> None:
@@ -711,7 +832,8 @@ def test_encode_fragment_round_trips(data: st.DataObject, dtype: Any, bare: bool
             max_size=math.prod(shape),
         )
     )
-    array = np.array(values, np.float64).reshape(shape).astype(dtype)
+    with np.errstate(over="ignore"):
+        array = np.array(values, np.float64).reshape(shape).astype(dtype)
     text = orjson.dumps(json_tensor.encode_fragment(array, bare_non_finite=bare))
     parsed = json.loads(text) if bare else orjson.loads(text)
     if not bare:
