@@ -17,8 +17,9 @@ from service.engine.types import SPARSE_OP, DType
 from service.errors import InvalidArgument, UnsupportedDtype
 
 # Bytes a JSON output element may take as text (float64's longest shortest form is 24
-# characters, a separator and brackets around it), and what writing it holds besides.
-JSON_BYTES_PER_ELEMENT = 48
+# characters, a separator, brackets around tiny rows: 28) twice over, since the encoder
+# holds its blocks and their join at once (json_tensor.encode_fragment).
+JSON_BYTES_PER_ELEMENT = 56
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from service.api.inference import Tensor, class_dim, compute, from_json
 from service.api.pipeline import Cost, Encoded, serve
 from service.api.routing import DirectRoute
 from service.codecs import json_document, json_tensor, safetensors, text
+from service.codecs.json_document import JsonTensor
 from service.engine.engine import LossResult
 from service.engine.types import SOFT_OP, SPARSE_OP, DType
 from service.errors import InvalidArgument, UnsupportedMediaType
@@ -127,10 +128,10 @@ def parse_arguments(body: Body, model: type[Model]) -> Model:
     once the request's memory is granted."""
     document = json_document.loads(body, bare_non_finite=False)
     if not isinstance(document, dict):
+        kind = "array" if isinstance(document, list | JsonTensor) else type(document).__name__
         raise InvalidArgument(
             "arguments must be named: send a JSON object such as "
-            '{"labels": [...], "logits": [...]}, not a positional '
-            f"{type(document).__name__}"
+            f'{{"labels": [...], "logits": [...]}}, not a positional {kind}'
         )
     try:
         return model.model_validate(document)

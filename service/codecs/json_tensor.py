@@ -24,7 +24,7 @@ import orjson
 
 from service.codecs.json_document import NON_FINITE, JsonTensor, out_of_range, tensor
 from service.codecs.text import quote
-from service.engine.types import DType
+from service.engine.types import MAX_RANK, DType
 from service.errors import InvalidArgument, MalformedBody, ValueOutOfRange
 
 __all__ = ["NON_FINITE", "JsonTensor", "decode", "dumps", "encode", "encode_fragment"]
@@ -96,6 +96,8 @@ def _from_list(value: list[Any], dtype: DType, name: str) -> np.ndarray:
             text, bare = json.dumps(value, default=_fragment_text).encode(), True
         except (TypeError, ValueError):
             raise InvalidArgument(f"{name} {_NUMBERS_ONLY}") from None
+        except RecursionError:  # orjson writes 255 levels at most, json about 1000
+            raise InvalidArgument(f"{name} is nested deeper than {MAX_RANK} levels") from None
     try:
         return tensor(text, bare_non_finite=bare).decode(dtype, name)
     except MalformedBody:  # valid JSON by construction: objects, not numbers
