@@ -12,7 +12,6 @@ a client whose pauses are shorter than it keeps its connection.
 
 from __future__ import annotations
 
-import json
 import socket
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ import pytest
 import tritonclient.http as triton
 
 from tests.conftest import start_server, stop_server
+from tests.test_protocol import large_response_request
 
 SPARSE = "sparse_softmax_cross_entropy_with_logits"
 
@@ -111,32 +111,12 @@ def test_keep_alive_counts_from_the_end_of_a_slowly_read_response(loop: str) -> 
         }
     )
     host, port = url.removeprefix("http://").split(":")
-    rows, classes = 1024, 32000
-    labels = np.zeros(rows, np.int64).tobytes()
-    logits = np.zeros((rows, classes), np.float32).tobytes()
-    header = json.dumps(
-        {
-            "inputs": [
-                {"name": "labels", "shape": [rows], "datatype": "INT64",
-                 "parameters": {"binary_data_size": len(labels)}},
-                {"name": "logits", "shape": [rows, classes], "datatype": "FP32",
-                 "parameters": {"binary_data_size": len(logits)}},
-            ],
-            "outputs": [{"name": "grad_logits", "parameters": {"binary_data": True}}],
-        }
-    ).encode()  # fmt: skip
-    head = (
-        f"POST /v2/models/{SPARSE}/infer HTTP/1.1\r\nHost: t\r\n"
-        f"Inference-Header-Content-Length: {len(header)}\r\n"
-        f"Content-Length: {len(header) + len(labels) + len(logits)}\r\n\r\n"
-    ).encode()
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
     sock.settimeout(30)
     try:
         sock.connect((host, int(port)))
-        sock.sendall(head + header + labels)
-        sock.sendall(logits)
+        sock.sendall(large_response_request())
         data = b""
         while b"\r\n\r\n" not in data:
             data += sock.recv(65536)

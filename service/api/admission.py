@@ -14,7 +14,6 @@ refused, and what stops one request from taking more memory than a worker has.
 from __future__ import annotations
 
 import asyncio
-import math
 import os
 import time
 from collections import deque
@@ -23,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+from service.api import metrics
 from service.errors import Overloaded, PayloadTooLarge, TooLarge
 
 T = TypeVar("T")
@@ -74,6 +74,7 @@ class MemoryBudget:
         self.max_queue = max_queue
         self.timeout = timeout
         self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+        metrics.MEMORY_BUDGET.set(total)
 
     @property
     def waiting(self) -> int:
@@ -87,6 +88,7 @@ class MemoryBudget:
             raise what(size)
         if not self._waiters and size <= self.free:
             self.free -= size
+            metrics.MEMORY_HELD.set(self.total - self.free)
             return
         if len(self._waiters) >= self.max_queue:
             raise Overloaded(
@@ -96,6 +98,7 @@ class MemoryBudget:
         granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         entry = (size, granted)
         self._waiters.append(entry)
+        metrics.QUEUE_WAITING.set(len(self._waiters))
         try:
             async with asyncio.timeout(self.timeout):
                 await granted
@@ -121,6 +124,8 @@ class MemoryBudget:
             size, granted = self._waiters.popleft()
             self.free -= size
             granted.set_result(None)
+        metrics.MEMORY_HELD.set(self.total - self.free)
+        metrics.QUEUE_WAITING.set(len(self._waiters))
 
 
 def _body_never_fits(budget: int) -> Callable[[int], Exception]:
@@ -214,7 +219,3 @@ class BodyPace:
     def slow(self) -> bool:
         """Whether the pace (not the overall timeout) is what ran out."""
         return time.monotonic() - self.start < self.timeout
-
-
-def ceil_to(size: int, step: int) -> int:
-    return step * math.ceil(size / step)

@@ -52,6 +52,19 @@ RESPONSE_BYTES = Histogram(
 IN_FLIGHT = Gauge(
     "sce_http_requests_in_flight", "HTTP requests being served", multiprocess_mode="livesum"
 )
+MEMORY_BUDGET = Gauge(
+    "sce_memory_budget_bytes",
+    "Memory budget for requests (SCE_MEMORY_BUDGET)",
+    multiprocess_mode="livesum",
+)
+MEMORY_HELD = Gauge(
+    "sce_memory_held_bytes",
+    "Bytes of the memory budget held by requests",
+    multiprocess_mode="livesum",
+)
+QUEUE_WAITING = Gauge(
+    "sce_queue_waiting_requests", "Requests waiting for memory", multiprocess_mode="livesum"
+)
 INFERENCE = Histogram(
     "sce_inference_duration_seconds",
     "Engine time per request (ONNX Runtime run and the array work around it)",

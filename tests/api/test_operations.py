@@ -82,6 +82,9 @@ def test_metrics_show_histograms_after_a_request(client: TestClient) -> None:
     )
     assert "sce_http_request_bytes_bucket" in text and "sce_http_response_bytes_bucket" in text
     assert "sce_http_requests_in_flight" in text
+    assert "\nsce_memory_budget_bytes " in text
+    assert "sce_memory_held_bytes 0.0" in text  # every lease given back
+    assert "sce_queue_waiting_requests 0.0" in text
 
 
 def test_unmatched_routes_do_not_explode_label_cardinality(client: TestClient) -> None:
