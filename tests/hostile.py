@@ -709,7 +709,7 @@ def _strict_cases() -> list[Case]:
             INFER,
             _v2([_t(shape=[2.0]), _t("logits")]),
             422,
-            "must hold integers",
+            "JSON integer; got 2.0",
         ),
         Case(
             "v2 shape of a million strings",

@@ -219,3 +219,7 @@ class BodyPace:
     def slow(self) -> bool:
         """Whether the pace (not the overall timeout) is what ran out."""
         return time.monotonic() - self.start < self.timeout
+
+    def credit(self, seconds: float) -> None:
+        """Time the server made the client wait (for memory) does not count against it."""
+        self.start += seconds

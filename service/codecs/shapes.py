@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from service.codecs.json_document import JsonTensor
-from service.engine.types import MAX_RANK, DType
+from service.engine.types import MAX_RANK
 from service.errors import InvalidArgument
 
 # numpy refuses shapes whose non-zero dims times the item size pass intp's range, even
@@ -43,5 +43,7 @@ def listed(value: object) -> object:
     """A shape as a list: json_document hands every array of numbers over as a JsonTensor,
     a shape too. Anything else is left for the schema to judge."""
     if isinstance(value, JsonTensor):
-        return value.decode(DType.int64, "shape").tolist()
+        if value.size > MAX_RANK:
+            raise InvalidArgument(f"a shape has rank {value.size}; at most {MAX_RANK} is supported")
+        return value.to_python()
     return value

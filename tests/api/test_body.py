@@ -157,3 +157,22 @@ def test_inflating_yields_the_event_loop() -> None:
         return ticks
 
     assert asyncio.run(scenario()) >= 16  # 32 MiB inflated in 1 MiB steps, the loop ran between
+
+
+def test_time_spent_waiting_for_memory_does_not_count_against_the_pace(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(BodyPace, "GRACE", 0.2)
+
+    async def scenario() -> bool:
+        budget = MemoryBudget(2 << 20, max_queue=4, timeout=5)
+        hog = budget.lease()
+        await hog.hold(1 << 20)
+        asyncio.get_running_loop().call_later(0.6, hog.release)  # the body waits ~0.6 s
+        body = b"x" * (3 << 19)  # 1.5 MiB: its second slab does not fit until then
+        request = TrickleRequest(body, gap=0.01, chunk=1 << 18)  # ~25 MiB/s
+        pace = BodyPace(timeout=60, rate=8 << 20)  # due within 0.2 s + what arrived / rate
+        got = await read_body(request, 4 << 20, pace=pace, lease=budget.lease())  # type: ignore[arg-type]
+        return bytes(got) == body
+
+    assert asyncio.run(scenario())
