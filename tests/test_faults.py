@@ -111,7 +111,11 @@ def test_clients_that_vanish_leave_nothing_behind() -> None:
                 rss.append(_rss_kib(proc.pid))
             good = http.post(SOFT, json={"labels": [0.0, 1.0], "logits": [0.0, 0.0]})
         assert good.status_code == 200
-        assert rss[-1] - rss[2] < 0.1 * rss[2], f"RSS per round (KiB): {rss}"
+        # Leaking what these clients sent would add ~50-100 MiB a round (40 bodies of
+        # 2.4 MB, a third of them half sent), 150-300 MiB over the last three rounds. The
+        # allocators (glibc's per-thread arenas, ONNX Runtime's shared arena) may step up
+        # once, the first time two compute threads overlap: 26-40 MiB seen, then flat.
+        assert rss[-1] - rss[2] < 64 * 1024, f"RSS per round (KiB): {rss}"
     finally:
         stop_server(proc)
 
