@@ -66,6 +66,11 @@ class MemoryBudget:
 
     Only touched on the event loop, so it needs no lock. Strict FIFO (a small request
     does not overtake a large one at the head) so that large requests are not starved.
+
+    Requests grow their leases stage by stage, so they can hold memory while they wait
+    for more: if every request that holds some were waiting, none could ever be served.
+    The request that would complete that circle is refused at once (503) instead, which
+    gives its memory back to the others.
     """
 
     def __init__(self, total: int, *, max_queue: int, timeout: float) -> None:
@@ -74,6 +79,8 @@ class MemoryBudget:
         self.max_queue = max_queue
         self.timeout = timeout
         self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
+        self.holders = 0  # leases holding memory
+        self.stuck = 0  # of those, the ones waiting for more
         metrics.MEMORY_BUDGET.set(total)
 
     @property
@@ -83,9 +90,7 @@ class MemoryBudget:
     def lease(self) -> Lease:
         return Lease(self)
 
-    async def _acquire(self, size: int, what: Callable[[int], Exception]) -> None:
-        if size > self.total:
-            raise what(size)
+    async def _acquire(self, size: int, holding: bool) -> None:
         if not self._waiters and size <= self.free:
             self.free -= size
             metrics.MEMORY_HELD.set(self.total - self.free)
@@ -95,10 +100,16 @@ class MemoryBudget:
                 f"{len(self._waiters)} requests are waiting for memory, the most this worker "
                 f"queues (SCE_MAX_QUEUE={self.max_queue}); retry shortly"
             )
+        if holding and self.stuck + 1 >= self.holders:
+            raise Overloaded(
+                "every request holding this worker's memory is waiting for more of it; "
+                "retry shortly"
+            )
         granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         entry = (size, granted)
         self._waiters.append(entry)
         metrics.QUEUE_WAITING.set(len(self._waiters))
+        self.stuck += holding
         try:
             async with asyncio.timeout(self.timeout):
                 await granted
@@ -114,6 +125,8 @@ class MemoryBudget:
                     f"(SCE_QUEUE_TIMEOUT={self.timeout:g}); retry shortly"
                 ) from None
             raise
+        finally:
+            self.stuck -= holding
 
     def _release(self, size: int) -> None:
         self.free += size
@@ -158,18 +171,26 @@ class Lease:
 
     async def hold(self, total: int, *, body: bool = False) -> None:
         """Hold `total` bytes: growing waits its turn, shrinking gives bytes back at once."""
-        if total <= self.held:
-            self._budget._release(self.held - total)
-            self.held = total
-            return
         budget = self._budget
-        what = _body_never_fits if body else _work_never_fits
-        await budget._acquire(total - self.held, what(budget.total))
+        if total <= self.held:
+            self._set(total)
+            return
+        if total > budget.total:
+            raise (_body_never_fits if body else _work_never_fits)(budget.total)(total)
+        await budget._acquire(total - self.held, holding=self.held > 0)
+        self._set(total)
+
+    def _set(self, total: int) -> None:
+        """Move what is held to `total`, giving back what is left over; keep the count of
+        leases that hold memory."""
+        budget = self._budget
+        budget.holders += (total > 0) - (self.held > 0)
+        if total < self.held:
+            budget._release(self.held - total)
         self.held = total
 
     def release(self) -> None:
-        self._budget._release(self.held)
-        self.held = 0
+        self._set(0)
 
 
 class ComputePool:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import pytest
@@ -103,3 +104,40 @@ def test_default_budget_reads_the_cgroup_limit(tmp_path: Path) -> None:
     (tmp_path / "memory.max").write_text("max\n")
     assert cgroup_memory_limit(tmp_path) is None
     assert default_budget(1, tmp_path) > 16 << 20  # the machine's memory instead
+
+
+def test_the_request_that_would_deadlock_the_budget_is_refused_at_once() -> None:
+    """Two requests hold all the memory and each wants more: the second to ask is refused
+    at once (not after the queue timeout), and its memory lets the first go on."""
+
+    async def scenario() -> tuple[float, bool]:
+        budget = MemoryBudget(100, max_queue=10, timeout=5)
+        first, second = budget.lease(), budget.lease()
+        await first.hold(60)
+        await second.hold(40)
+        growing = asyncio.create_task(first.hold(70))
+        await asyncio.sleep(0)
+        assert budget.waiting == 1  # the other holder may still give memory back
+        started = time.monotonic()
+        with pytest.raises(Overloaded, match="every request holding"):
+            await second.hold(50)
+        refused_after = time.monotonic() - started
+        second.release()
+        await growing
+        first.release()
+        return refused_after, budget.free == 100 and budget.holders == 0
+
+    refused_after, clean = asyncio.run(scenario())
+    assert refused_after < 0.5 and clean
+
+
+def test_a_lease_growing_past_the_budget_is_refused_at_once() -> None:
+    async def scenario() -> None:
+        budget = MemoryBudget(100, max_queue=10, timeout=5)
+        lease = budget.lease()
+        await lease.hold(60)
+        with pytest.raises(TooLarge, match="SCE_MEMORY_BUDGET"):
+            await lease.hold(110)  # 50 more would fit the total, 110 never can
+        lease.release()
+
+    asyncio.run(scenario())
