@@ -12,7 +12,7 @@ from tests.conftest import start_server, stop_server
 def test_mixed_load_has_no_errors() -> None:
     # A small memory budget, so that requests queue for it (503s, retried by the load
     # clients, may occur); tests/api/test_limits.py checks the queue deterministically.
-    proc, url = start_server(env={"SCE_MEMORY_BUDGET": str(64 << 20)})
+    proc, url = start_server(env={"SCE_MEMORY_BUDGET": str(256 << 20)})
     try:
         report = asyncio.run(run(url, clients=16, duration=6, pid=proc.pid))
     finally:
