@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from service.engine.engine import Engine
+from tests.engine.test_accuracy import TF_GRAD_ABS, TF_LOSS_REL, sparse_soft_inputs
 from tests.reference import NUMPY, random_distribution, softmax_xent
 
 EVERYTHING = ["loss", "grad_logits", "grad_labels"]
@@ -157,6 +158,7 @@ def measure(sizes: list[tuple[int, int]], repeat: int) -> list[dict[str, object]
 
 
 def accuracy() -> list[dict[str, object]]:
+    """Error by dtype at 256 x 1000 (bench/run.py's table); see accuracy_by_classes."""
     engine = Engine()
     rng = np.random.default_rng(1)
     rows = []
@@ -174,13 +176,56 @@ def accuracy() -> list[dict[str, object]]:
     return rows
 
 
+def accuracy_by_classes() -> list[dict[str, object]]:
+    """float32 error at 32 rows by class count (tests/engine/test_accuracy.py's inputs and
+    measures), beside TensorFlow 2.21's (the issue's figures: loss relative, grad_logits
+    absolute; grad_labels normwise relative, set against the loss's figure)."""
+    engine = Engine()
+    rows: list[dict[str, object]] = []
+    for classes in (1_000, 32_000, 128_000, 256_000):
+        for scale in (3.0, 6.0):
+            y, x = sparse_soft_inputs(classes, scale, "float32")
+            want = softmax_xent(y, x)
+            got = dict(engine.softmax_cross_entropy(labels=y, logits=x, outputs=EVERYTHING).items())
+            loss_only = engine.softmax_cross_entropy(labels=y, logits=x).loss
+            assert loss_only is not None
+
+            def err(name: str, array: np.ndarray, want: dict[str, np.ndarray] = want) -> np.ndarray:
+                diff: np.ndarray = np.abs(array.astype(np.float64) - want[name])
+                return diff
+
+            rows.append(
+                {
+                    "classes": classes,
+                    "logits_scale": scale,
+                    "loss_rel": float(np.max(err("loss", loss_only) / np.abs(want["loss"]))),
+                    "loss_rel_with_grads": float(
+                        np.max(err("loss", got["loss"]) / np.abs(want["loss"]))
+                    ),
+                    "grad_logits_abs": float(err("grad_logits", got["grad_logits"]).max()),
+                    "grad_labels_normwise": float(
+                        err("grad_labels", got["grad_labels"]).max()
+                        / np.abs(want["grad_labels"]).max()
+                    ),
+                    "tensorflow_loss_rel": TF_LOSS_REL,
+                    "tensorflow_grad_logits_abs": TF_GRAD_ABS,
+                }
+            )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", nargs="+", default=["32x10", "1024x1000", "8192x4096"])
     parser.add_argument("--repeat", type=int, default=5)
     args = parser.parse_args()
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes]
-    print(json.dumps({"speed": measure(sizes, args.repeat), "accuracy": accuracy()}, indent=1))  # type: ignore[arg-type]
+    report = {
+        "speed": measure(sizes, args.repeat),  # type: ignore[arg-type]
+        "accuracy": accuracy(),
+        "accuracy_by_classes": accuracy_by_classes(),
+    }
+    print(json.dumps(report, indent=1))
 
 
 if __name__ == "__main__":

@@ -24,9 +24,6 @@ from service.engine.types import DType, Output
 
 OPSET = 18
 CLASS_AXIS = 1
-# Class sums are taken in chunks of CHUNK classes (a power of two), then across chunks.
-CHUNK = 64
-CHUNK_AXIS = 2  # the class axis once a unit axis is put before it
 ONNX_TYPES = {
     DType.float16: TensorProto.FLOAT16,
     DType.bfloat16: TensorProto.BFLOAT16,
@@ -50,46 +47,12 @@ class _Builder:
         self.inputs: list[onnx.ValueInfoProto] = []
         self.outputs: list[onnx.ValueInfoProto] = []
         self.initializers: list[onnx.TensorProto] = [
-            helper.make_tensor("class_axes", TensorProto.INT64, [1], [CLASS_AXIS]),
-            helper.make_tensor("chunk_axes", TensorProto.INT64, [1], [CHUNK_AXIS]),
-            helper.make_tensor("chunk", TensorProto.FLOAT, [], [float(CHUNK)]),
+            helper.make_tensor("class_axes", TensorProto.INT64, [1], [CLASS_AXIS])
         ]
 
     def node(self, op: str, inputs: list[str], output: str, **attrs: Any) -> str:
         self.nodes.append(helper.make_node(op, inputs, [output], **attrs))
         return output
-
-    def class_sum(self, value: str, rank: int, keepdims: bool) -> str:
-        """Sum of `value` (float32 or float64) along the class axis, accurate at any count.
-
-        ONNX Runtime's ReduceSum (and LogSoftmax) add the class axis up one element after
-        another, so float32 sums lose ~C/16 units in the last place. Here the axis is cut
-        into chunks of CHUNK (AveragePool, zero-padded at the end, times CHUNK: exact for
-        a power of two), and the chunk sums added in float64: the error no longer grows
-        with the class count. The views (Unsqueeze, Squeeze) are free. float64 (which
-        AveragePool does not take) is summed directly: its own error is ~1e-16 a class.
-        """
-        name = f"{value}_sum"
-        if self.dtype is DType.float64:
-            return self.node("ReduceSum", [value, "class_axes"], name, keepdims=int(keepdims))
-        lifted = self.node("Unsqueeze", [value, "class_axes"], f"{name}_in")
-        means = self.node(
-            "AveragePool",
-            [lifted],
-            f"{name}_means",
-            kernel_shape=[CHUNK] + [1] * (rank - 2),
-            strides=[CHUNK] + [1] * (rank - 2),
-            auto_pad="SAME_UPPER",
-            count_include_pad=1,
-        )
-        wide = self.node("Cast", [means], f"{name}_f64", to=TensorProto.DOUBLE)
-        total = self.node("ReduceSum", [wide, "chunk_axes"], f"{name}_total", keepdims=1)
-        kept = self.node("Squeeze", [total, "class_axes"], f"{name}_kept")
-        if not keepdims:
-            kept = self.node("Squeeze", [kept, "class_axes"], f"{name}_dropped")
-        back = self.node("CastLike", [kept, value], f"{name}_means_sum")
-        chunk = self.node("CastLike", ["chunk", value], f"{name}_chunk")
-        return self.node("Mul", [back, chunk], name)
 
     def float_input(self, name: str, dims: list[str]) -> str:
         self.inputs.append(helper.make_tensor_value_info(name, ONNX_TYPES[self.dtype], dims))
@@ -135,21 +98,17 @@ def soft_graph(dtype: DType, rank: int, outputs: Iterable[Output]) -> onnx.Model
     b = _Builder(dtype)
     labels = b.float_input("labels", _dims("l", rank))
     logits = b.float_input("logits", _dims("x", rank))
-    # Not LogSoftmax: its sum of exp is one element at a time (see class_sum).
-    top = b.node("ReduceMax", [logits, "class_axes"], "top", keepdims=1)
-    shifted = b.node("Sub", [logits, top], "shifted")
-    exp = b.node("Exp", [shifted], "exp")
-    total = b.class_sum(exp, rank, keepdims=True)
-    log_p = b.node("Sub", [shifted, b.node("Log", [total], "log_total")], "log_p")
+    # LogSoftmax is one fused kernel in ONNX Runtime (max, sum of exp, subtract).
+    log_p = b.node("LogSoftmax", [logits], "log_p", axis=CLASS_AXIS)
     if "loss" in wanted:
         weighted = b.node("Mul", [labels, log_p], "weighted")
-        neg_loss = b.class_sum(weighted, rank, keepdims=False)
+        neg_loss = b.node("ReduceSum", [weighted, "class_axes"], "neg_loss", keepdims=0)
         b.output("loss", b.node("Neg", [neg_loss], "loss_c"), _loss_dims(rank))
     if wanted & {"grad_logits", "grad_labels"}:
         grad_loss = b.float_input("grad_loss", _dims("g", rank))
         if "grad_logits" in wanted:
             # TensorFlow's fused kernel: softmax - labels, exact when labels do not sum to 1.
-            softmax = b.node("Div", [exp, total], "softmax")
+            softmax = b.node("Exp", [log_p], "softmax")
             diff = b.node("Sub", [softmax, labels], "softmax_minus_labels")
             b.output("grad_logits", b.node("Mul", [diff, grad_loss], "gx"), _dims("d", rank))
         if "grad_labels" in wanted:

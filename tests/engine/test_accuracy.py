@@ -1,0 +1,78 @@
+"""Accuracy at large class counts, against TensorFlow 2.21's own error (the issue's figures).
+
+float32 sums along the class axis added one element at a time lose ~C/16 units in the
+last place: at 32 x 128,000 the loss was 4x TensorFlow's relative error and grad_logits
+2-40x its absolute error. Each output must stay within 2x TensorFlow's error, float32 and
+half types (computed in float32 inside the graph: their check allows the output's own
+rounding on top, which at these values hides float32's error: the half case guards the
+cast path, it does not tell the old sums from accurate ones).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from service.engine.engine import Engine
+from tests.reference import NUMPY, softmax_xent
+
+ALL = ["loss", "grad_logits", "grad_labels"]
+# TensorFlow 2.21's float32 error at 32 rows, 1,000 to 128,000 classes (the issue):
+# loss relative ~1.6e-7, grad_logits absolute ~2-3e-7 (grad_labels is taken normwise,
+# max abs error over max |log p|, against the loss's figure).
+TF_LOSS_REL = 1.6e-7
+TF_GRAD_ABS = 2.5e-7
+WITHIN = 2.0
+# Known failure: ONNX Runtime's LogSoftmax and ReduceSum add the class axis up one element
+# at a time. Chunked sums in the graph (AveragePool of CHUNK, then float64 across chunks)
+# meet the bound at every count to 256k, but cost 1.7x (loss) and 1.3x (loss + grads) at
+# 8192 x 32000 float32, over the 10% allowed; strict, so that a fix shows up here.
+KNOWN_SLOW_FIX = pytest.mark.xfail(
+    strict=True, reason="float32 class sums in ONNX Runtime grow with the class count"
+)
+
+
+def sparse_soft_inputs(
+    classes: int, scale: float, dtype: str, rows: int = 32, seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Soft labels on about a tenth of the classes, normal logits times `scale`."""
+    rng = np.random.default_rng(seed)
+    raw = rng.random((rows, classes)) * (rng.random((rows, classes)) < 0.1)
+    raw[:, 0] += 1e-3  # no empty row
+    labels = (raw / raw.sum(axis=-1, keepdims=True)).astype(NUMPY[dtype])
+    logits = (rng.standard_normal((rows, classes)) * scale).astype(NUMPY[dtype])
+    return labels, logits
+
+
+def rounding(want: np.ndarray, dtype: str) -> np.ndarray:
+    """The error of the exact answer rounded to `dtype`: what no engine can beat."""
+    err: np.ndarray = np.abs(want.astype(NUMPY[dtype]).astype(np.float64) - want)
+    return err
+
+
+@pytest.mark.parametrize("scale", [3.0, 6.0])
+@pytest.mark.parametrize("dtype", [pytest.param("float32", marks=KNOWN_SLOW_FIX), "float16"])
+def test_error_stays_within_twice_tensorflows_at_128k_classes(
+    engine: Engine, dtype: str, scale: float
+) -> None:
+    labels, logits = sparse_soft_inputs(128_000, scale, dtype)
+    want = softmax_xent(labels, logits)
+    every = dict(engine.softmax_cross_entropy(labels=labels, logits=logits, outputs=ALL).items())
+    loss_only = engine.softmax_cross_entropy(labels=labels, logits=logits).loss
+    assert loss_only is not None
+    failures = []
+    for what, loss in (("loss", loss_only), ("loss (with gradients)", every["loss"])):
+        err = np.abs(loss.astype(np.float64) - want["loss"]) - rounding(want["loss"], dtype)
+        worst = float(np.max(err / np.abs(want["loss"])))
+        if worst > WITHIN * TF_LOSS_REL:
+            failures.append(f"{what}: relative error {worst:.3g}")
+    err = np.abs(every["grad_logits"].astype(np.float64) - want["grad_logits"])
+    worst = float(np.max(err - rounding(want["grad_logits"], dtype)))
+    if worst > WITHIN * TF_GRAD_ABS:
+        failures.append(f"grad_logits: absolute error {worst:.3g}")
+    err = np.abs(every["grad_labels"].astype(np.float64) - want["grad_labels"])
+    worst = float(np.max(err - rounding(want["grad_labels"], dtype)))
+    worst /= float(np.abs(want["grad_labels"]).max())
+    if worst > WITHIN * TF_LOSS_REL:
+        failures.append(f"grad_labels: normwise relative error {worst:.3g}")
+    assert not failures, f"{dtype}, logits x{scale}, over {WITHIN}x TensorFlow's: {failures}"
