@@ -21,7 +21,7 @@ import pytest
 import tritonclient.http as triton
 
 from tests.conftest import start_server, stop_server
-from tests.test_protocol import large_response_request
+from tests.test_protocol import large_response_request, read_response_at
 
 SPARSE = "sparse_softmax_cross_entropy_with_logits"
 
@@ -117,22 +117,7 @@ def test_keep_alive_counts_from_the_end_of_a_slowly_read_response(loop: str) -> 
     try:
         sock.connect((host, int(port)))
         sock.sendall(large_response_request())
-        data = b""
-        while b"\r\n\r\n" not in data:
-            data += sock.recv(65536)
-        response_head, _, body = data.partition(b"\r\n\r\n")
-        assert response_head.startswith(b"HTTP/1.1 200 "), response_head
-        headers = dict(line.split(b": ", 1) for line in response_head.split(b"\r\n")[1:])
-        length = int(headers[b"content-length"])
-        received, start = len(body), time.monotonic()
-        while received < length:
-            chunk = sock.recv(min(65536, length - received))
-            assert chunk, f"closed after {received} of {length} bytes"
-            received += len(chunk)
-            ahead = received / rate - (time.monotonic() - start)
-            if ahead > 0:
-                time.sleep(ahead)
-        assert time.monotonic() - start > 5.5  # the slow read outlasted both timeouts
+        assert read_response_at(sock, rate) > 5.5  # the slow read outlasted both timeouts
         sock.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: t\r\n\r\n")
         answer = sock.recv(65536)
         assert answer.startswith(b"HTTP/1.1 200 "), answer

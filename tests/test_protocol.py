@@ -336,27 +336,32 @@ def test_a_client_that_never_reads_is_dropped_after_the_send_timeout(server: Ser
     assert "SCE_SEND_TIMEOUT" in server_log(server.proc)
 
 
+def read_response_at(sock: socket.socket, rate: float) -> float:
+    """Read one 200 response at about `rate` bytes/s; the seconds its body took."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        assert chunk, "closed before the response"
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 200 "), head
+    lines = head.decode("latin-1").split("\r\n")[1:]
+    length = int(dict(line.lower().split(": ", 1) for line in lines)["content-length"])
+    received, start = len(body), time.monotonic()
+    while received < length:
+        chunk = sock.recv(min(65536, length - received))
+        assert chunk, f"closed after {received} of {length} bytes"
+        received += len(chunk)
+        ahead = received / rate - (time.monotonic() - start)
+        if ahead > 0:
+            time.sleep(ahead)
+    return time.monotonic() - start
+
+
 def test_a_slow_but_steady_reader_is_not_dropped(server: Server) -> None:
     """The send timeout is for a client that stops reading, not for a transfer that takes
     longer than it (the transport stays paused for writing all along)."""
     rate = 40e6  # bytes/s: 131 MB take over 3 s, more than the send timeout
     with small_buffer_connection(server) as sock:
         sock.sendall(large_response_request())
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = sock.recv(65536)
-            assert chunk, "closed before the response"
-            data += chunk
-        head, _, body = data.partition(b"\r\n\r\n")
-        assert head.startswith(b"HTTP/1.1 200 "), head
-        lines = head.decode("latin-1").split("\r\n")[1:]
-        length = int(dict(line.lower().split(": ", 1) for line in lines)["content-length"])
-        received, start = len(body), time.monotonic()
-        while received < length:
-            chunk = sock.recv(min(65536, length - received))
-            assert chunk, f"closed after {received} of {length} bytes"
-            received += len(chunk)
-            ahead = received / rate - (time.monotonic() - start)
-            if ahead > 0:
-                time.sleep(ahead)
-        assert time.monotonic() - start > SEND_TIMEOUT + 0.5
+        assert read_response_at(sock, rate) > SEND_TIMEOUT + 0.5

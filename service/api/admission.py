@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from service.api import metrics
-from service.errors import Overloaded, PayloadTooLarge, TooLarge
+from service.errors import Overloaded, PayloadTooLarge, RequestTimeout, TooLarge
 
 T = TypeVar("T")
 
@@ -141,25 +141,18 @@ class MemoryBudget:
         metrics.QUEUE_WAITING.set(len(self._waiters))
 
 
-def _body_never_fits(budget: int) -> Callable[[int], Exception]:
-    def error(size: int) -> Exception:
+def _never_fits(size: int, budget: int, body: bool) -> Exception:
+    """413 for a body, 422 for work, that this worker's whole budget could not hold."""
+    if body:
         return PayloadTooLarge(
             f"this request body needs {_mib(size)}, more than this worker's memory budget "
             f"of {_mib(budget)} (SCE_MEMORY_BUDGET); send a smaller batch"
         )
-
-    return error
-
-
-def _work_never_fits(budget: int) -> Callable[[int], Exception]:
-    def error(size: int) -> Exception:
-        return TooLarge(
-            f"this request needs {_mib(size)} to decode, compute and encode, more than this "
-            f"worker's memory budget of {_mib(budget)} (SCE_MEMORY_BUDGET); send a smaller "
-            "batch, ask for fewer outputs, or use a binary transport"
-        )
-
-    return error
+    return TooLarge(
+        f"this request needs {_mib(size)} to decode, compute and encode, more than this "
+        f"worker's memory budget of {_mib(budget)} (SCE_MEMORY_BUDGET); send a smaller "
+        "batch, ask for fewer outputs, or use a binary transport"
+    )
 
 
 class Lease:
@@ -176,7 +169,7 @@ class Lease:
             self._set(total)
             return
         if total > budget.total:
-            raise (_body_never_fits if body else _work_never_fits)(budget.total)(total)
+            raise _never_fits(total, budget.total, body)
         await budget._acquire(total - self.held, holding=self.held > 0)
         self._set(total)
 
@@ -237,9 +230,16 @@ class BodyPace:
             deadline = min(deadline, self.start + self.GRACE + received / self.rate)
         return deadline - time.monotonic()
 
-    def slow(self) -> bool:
-        """Whether the pace (not the overall timeout) is what ran out."""
-        return time.monotonic() - self.start < self.timeout
+    def error(self) -> RequestTimeout:
+        """The 408 for a body that fell behind: its pace, or the overall timeout."""
+        if time.monotonic() - self.start < self.timeout:
+            return RequestTimeout(
+                f"the request body arrived slower than {self.rate} bytes/s after "
+                f"{self.GRACE:g} s (SCE_MIN_DATA_RATE)"
+            )
+        return RequestTimeout(
+            f"the request body did not arrive within {self.timeout:g} s (SCE_BODY_TIMEOUT)"
+        )
 
     def credit(self, seconds: float) -> None:
         """Time the server made the client wait (for memory) does not count against it."""

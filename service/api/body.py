@@ -20,7 +20,7 @@ from starlette.requests import ClientDisconnect
 
 from service.api.admission import BodyPace, Lease
 from service.codecs import text
-from service.errors import MalformedBody, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
+from service.errors import MalformedBody, PayloadTooLarge, UnsupportedMediaType
 
 GZIP_WBITS = 16 + zlib.MAX_WBITS
 ZLIB_WBITS = zlib.MAX_WBITS
@@ -102,17 +102,6 @@ class _Watch:
             self.expired = True
             self.task.cancel()
 
-    def error(self) -> RequestTimeout:
-        pace = self.pace
-        if pace.slow():
-            return RequestTimeout(
-                f"the request body arrived slower than {pace.rate} bytes/s after "
-                f"{pace.GRACE:g} s (SCE_MIN_DATA_RATE)"
-            )
-        return RequestTimeout(
-            f"the request body did not arrive within {pace.timeout:g} s (SCE_BODY_TIMEOUT)"
-        )
-
     def stop(self) -> None:
         if self.handle is not None:
             self.handle.cancel()
@@ -136,7 +125,7 @@ async def _chunks(request: Request, limit: int, pace: BodyPace | None) -> AsyncI
                 if watch is None or not watch.expired or watch.task is None:
                     raise
                 watch.task.uncancel()
-                raise watch.error() from None
+                raise watch.pace.error() from None
             if watch is not None:
                 watch.waiting = False
             received += len(chunk)

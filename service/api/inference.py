@@ -4,14 +4,12 @@ dimension, the cost of a call (for admission) and the engine call itself."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 
 from service.api import metrics
 from service.api.pipeline import Cost
-from service.codecs import json_tensor
-from service.codecs.json_document import JsonTensor
+from service.codecs.json_tensor import Pending
 from service.engine.engine import Engine, LossResult
 from service.engine.types import SPARSE_OP, DType
 from service.errors import InvalidArgument, UnsupportedDtype
@@ -22,37 +20,7 @@ from service.errors import InvalidArgument, UnsupportedDtype
 JSON_BYTES_PER_ELEMENT = 56
 
 
-@dataclass(frozen=True)
-class Pending:
-    """A JSON tensor whose shape is known and whose numbers are not converted yet: the
-    conversion waits until the request's memory is granted."""
-
-    tensor: JsonTensor
-    dtype: DType
-    name: str
-    shape: tuple[int, ...]  # the tensor's own, or the one a v2 input declares for it
-
-    def decode(self) -> np.ndarray:
-        return json_tensor.decode(self.tensor, self.dtype, self.name).reshape(self.shape)
-
-
 Tensor = np.ndarray | Pending
-
-
-def pending(tensor: JsonTensor, dtype: DType, name: str, shape: tuple[int, ...]) -> Pending:
-    """A JSON tensor to decode later; 422 now for what its structure already shows
-    (jagged, nested too deep)."""
-    if tensor.problem is not None:
-        raise InvalidArgument(f"{name} {tensor.problem}")
-    return Pending(tensor, dtype, name, shape)
-
-
-def from_json(value: object, dtype: DType, name: str) -> Tensor:
-    """A tensor member of a JSON document: big ones stay pending, small ones (from the
-    document's skeleton: a scalar, a list of strings) are decoded now."""
-    if isinstance(value, JsonTensor):
-        return pending(value, dtype, name, value.shape)
-    return json_tensor.decode(value, dtype, name)
 
 
 def class_dim(dim: object, axis: object) -> int:

@@ -18,7 +18,7 @@ from service.api import inference, openapi
 from service.api.body import Body
 from service.api.deps import runtime
 from service.api.errors import describe_validation
-from service.api.inference import Tensor, class_dim, compute, from_json
+from service.api.inference import Tensor, class_dim, compute
 from service.api.pipeline import Cost, Encoded, serve
 from service.api.routing import DirectRoute
 from service.codecs import json_document, json_tensor, safetensors, text
@@ -143,15 +143,15 @@ def parse_arguments(body: Body, model: type[Model]) -> Model:
 
 
 def _optional(value: Any, dtype: DType, name: str) -> dict[str, Tensor]:
-    return {} if value is None else {name: from_json(value, dtype, name)}
+    return {} if value is None else {name: json_tensor.lazy(value, dtype, name)}
 
 
 def _soft_from_json(body: Body) -> Call:
     args = parse_arguments(body, LossRequest)
     dtype = DType[args.dtype]
     tensors = {
-        "labels": from_json(args.labels, dtype, "labels"),
-        "logits": from_json(args.logits, dtype, "logits"),
+        "labels": json_tensor.lazy(args.labels, dtype, "labels"),
+        "logits": json_tensor.lazy(args.logits, dtype, "logits"),
         **_optional(args.grad_loss, dtype, "grad_loss"),
     }
     return Call(tensors, list(args.outputs), args.name, class_dim(args.dim, args.axis))
@@ -161,8 +161,8 @@ def _sparse_from_json(body: Body) -> Call:
     args = parse_arguments(body, SparseLossRequest)
     dtype = DType[args.dtype]
     tensors = {
-        "labels": from_json(args.labels, DType[args.labels_dtype], "labels"),
-        "logits": from_json(args.logits, dtype, "logits"),
+        "labels": json_tensor.lazy(args.labels, DType[args.labels_dtype], "labels"),
+        "logits": json_tensor.lazy(args.logits, dtype, "logits"),
         **_optional(args.grad_loss, dtype, "grad_loss"),
     }
     return Call(tensors, list(args.outputs), args.name)

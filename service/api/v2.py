@@ -6,7 +6,6 @@ and splits it at `Inference-Header-Content-Length`. Errors are `{"error": ...}`.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,11 +17,10 @@ from service.api import openapi
 from service.api.body import Body
 from service.api.deps import EngineDep, runtime
 from service.api.errors import describe_validation
-from service.api.inference import Pending, Tensor, class_dim, compute, cost_of, pending
+from service.api.inference import Tensor, class_dim, compute, cost_of
 from service.api.pipeline import Cost, Encoded, serve
 from service.api.routing import DirectRoute
-from service.codecs import json_document, shapes, v2
-from service.codecs.json_document import JsonTensor
+from service.codecs import json_document, v2
 from service.engine.engine import Engine
 from service.engine.types import SOFT_OP, SOFT_OUTPUTS, SPARSE_OP, SPARSE_OUTPUTS, Output
 from service.errors import InvalidArgument, MalformedBody, ModelNotFound, PayloadTooLarge
@@ -32,7 +30,6 @@ from service.schemas import (
     InferParameters,
     ModelMetadata,
     ModelReady,
-    RequestInput,
     ServerMetadata,
     TensorMetadata,
     V2Error,
@@ -122,9 +119,6 @@ def parse(name: str, spec: ModelSpec, body: Body, header_length: int | None) -> 
             )
         if item.name in tensors:
             raise InvalidArgument(f"input {item.name!r} is given twice")
-        if isinstance(item.data, JsonTensor):
-            tensors[item.name] = _pending(item)
-            continue
         tensors[item.name] = v2.decode_input(
             name=item.name,
             shape=item.shape,
@@ -153,21 +147,6 @@ def parse(name: str, spec: ModelSpec, body: Body, header_length: int | None) -> 
     ordered = {o: wanted[o] for o in spec.outputs if o in wanted}
     dim = class_dim(params.dim, params.axis) if name == SOFT_OP else -1
     return V2Call(name, tensors, ordered, dim, request.id)
-
-
-def _pending(item: RequestInput) -> Pending:
-    """A JSON input whose numbers wait for the request's memory: its declared datatype and
-    shape checked against what the document holds."""
-    assert isinstance(item.data, JsonTensor)
-    what = f"input {item.name!r}"
-    dtype = v2.datatype(item.name, item.datatype)
-    shapes.check(item.shape, what)
-    if item.parameters is not None and item.parameters.binary_data_size is not None:
-        raise InvalidArgument(f"{what} has both data and binary_data_size")
-    count, given = math.prod(item.shape), item.data.size
-    if item.data.problem is None and given != count:
-        raise InvalidArgument(f"{what} has {given} values but shape {item.shape} needs {count}")
-    return pending(item.data, dtype, what, tuple(item.shape))
 
 
 def cost(engine: Engine, call: V2Call) -> Cost:

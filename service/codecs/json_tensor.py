@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, Final
 
 import numpy as np
@@ -27,7 +28,16 @@ from service.codecs.text import quote
 from service.engine.types import MAX_RANK, DType
 from service.errors import InvalidArgument, MalformedBody, ValueOutOfRange
 
-__all__ = ["NON_FINITE", "JsonTensor", "decode", "dumps", "encode", "encode_fragment"]
+__all__ = [
+    "NON_FINITE",
+    "JsonTensor",
+    "Pending",
+    "decode",
+    "dumps",
+    "encode",
+    "encode_fragment",
+    "lazy",
+]
 
 # Non-finite values as each dialect writes them: the native API's strings, Triton's literals.
 _LITERALS: Final = {
@@ -37,6 +47,31 @@ _LITERALS: Final = {
 _NUMBERS_ONLY = "must be a number or nested lists of numbers"
 #: numbers orjson writes at a time (and the splice handles): about 0.5 MB of text
 ENCODE_VALUES: Final = 1 << 15
+
+
+@dataclass(frozen=True)
+class Pending:
+    """A JSON tensor whose shape is known and whose numbers are not converted yet: the
+    server converts them once the request's memory is granted."""
+
+    tensor: JsonTensor
+    dtype: DType
+    name: str
+    shape: tuple[int, ...]  # the tensor's own, or the one a v2 input declares for it
+
+    def decode(self) -> np.ndarray:
+        return self.tensor.decode(self.dtype, self.name).reshape(self.shape)
+
+
+def lazy(value: Any, dtype: DType, name: str) -> np.ndarray | Pending:
+    """A tensor member of a JSON document: a JsonTensor stays pending (422 now for what its
+    structure already shows: jagged, nested too deep); anything else (a scalar, a small
+    list from the document's skeleton) is decoded now."""
+    if isinstance(value, JsonTensor):
+        if value.problem is not None:
+            raise InvalidArgument(f"{name} {value.problem}")
+        return Pending(value, dtype, name, value.shape)
+    return decode(value, dtype, name)
 
 
 def decode(value: Any, dtype: DType, name: str) -> np.ndarray:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -96,8 +96,9 @@ def decode_input(
     data: Any,
     binary_data_size: Any,
     reader: BinaryReader,
-) -> np.ndarray:
-    """One input tensor, from its JSON `data` or its slice of the binary section."""
+) -> np.ndarray | json_tensor.Pending:
+    """One input tensor, from its slice of the binary section (a view), or its JSON `data`
+    (pending when it came as a JsonTensor: its numbers wait for the request's memory)."""
     dtype = datatype(name, wire_datatype)
     what = f"input {quote(name)}"
     shapes.check(shape, what)
@@ -117,12 +118,13 @@ def decode_input(
         return np.frombuffer(chunk, dtype.numpy).reshape(shape)
     if data is None:
         raise InvalidArgument(f"{what} has neither data nor binary_data_size")
-    array = json_tensor.decode(data, dtype, what)
-    if array.size != count:
-        raise InvalidArgument(
-            f"{what} has {array.size} values but shape {list(shape)} needs {count}"
-        )
-    return array.reshape(shape)
+    tensor = json_tensor.lazy(data, dtype, what)
+    given = math.prod(tensor.shape)
+    if given != count:
+        raise InvalidArgument(f"{what} has {given} values but shape {list(shape)} needs {count}")
+    if isinstance(tensor, json_tensor.Pending):
+        return replace(tensor, shape=tuple(shape))
+    return tensor.reshape(shape)
 
 
 @dataclass(frozen=True)
