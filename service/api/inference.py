@@ -11,7 +11,7 @@ from service.api import metrics
 from service.api.pipeline import Cost
 from service.codecs.json_tensor import Pending
 from service.engine.engine import Engine, LossResult
-from service.engine.types import SPARSE_OP, DType
+from service.engine.types import DEFAULT_OPTIONS, SPARSE_OP, WEIGHT_INPUTS, DType, Options
 from service.errors import InvalidArgument, UnsupportedDtype
 
 # Bytes a JSON output element may take as text (float64's longest shortest form is 24
@@ -49,6 +49,7 @@ def cost_of(
     *,
     outputs: Sequence[str],
     dim: int,
+    options: Options = DEFAULT_OPTIONS,
     json_outputs: bool,
 ) -> Cost:
     """What `compute` and encoding will hold, from shapes and dtypes; 422 for arguments the
@@ -59,8 +60,11 @@ def cost_of(
         labels=specs["labels"],
         logits=specs["logits"],
         grad_loss=specs.get("grad_loss"),
+        class_weights=specs.get("class_weights"),
+        sample_weights=specs.get("sample_weights"),
         outputs=outputs,
         dim=dim,
+        options=options,
     )
     decoded = sum(t.tensor.decode_cost(t.dtype) for t in tensors.values() if isinstance(t, Pending))
     itemsize = specs["logits"][1].numpy.itemsize
@@ -75,24 +79,22 @@ def compute(
     *,
     outputs: Sequence[str],
     dim: int = -1,
+    options: Options = DEFAULT_OPTIONS,
 ) -> LossResult:
-    """Decode pending tensors, run `op` (labels, logits, optional grad_loss), timed for /metrics."""
+    """Decode pending tensors, run `op` (labels, logits, optional grad_loss, class_weights,
+    sample_weights), timed for /metrics."""
     arrays = {n: t.decode() if isinstance(t, Pending) else t for n, t in tensors.items()}
+    call = engine.sparse_softmax_cross_entropy if op == SPARSE_OP else engine.softmax_cross_entropy
 
     def run() -> LossResult:
-        if op == SPARSE_OP:
-            return engine.sparse_softmax_cross_entropy(
-                labels=arrays["labels"],
-                logits=arrays["logits"],
-                grad_loss=arrays.get("grad_loss"),
-                outputs=outputs,
-            )
-        return engine.softmax_cross_entropy(
+        return call(
             labels=arrays["labels"],
             logits=arrays["logits"],
             grad_loss=arrays.get("grad_loss"),
             dim=dim,
             outputs=outputs,
+            options=options,
+            **{n: arrays.get(n) for n in WEIGHT_INPUTS},
         )
 
     return metrics.timed_inference(op, engine.providers[0], run)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -24,14 +25,17 @@ import numpy as np
 
 from service.engine import graphs, sessions
 from service.engine.types import (
+    DEFAULT_OPTIONS,
     FLOAT_DTYPES,
     INDEX_DTYPES,
     MAX_RANK,
+    REDUCTIONS,
     SOFT_OP,
     SOFT_OUTPUTS,
     SPARSE_OP,
     SPARSE_OUTPUTS,
     DType,
+    Options,
     Output,
 )
 from service.errors import (
@@ -71,9 +75,10 @@ class LossResult:
     loss: np.ndarray | None = None
     grad_logits: np.ndarray | None = None
     grad_labels: np.ndarray | None = None
+    weight_sum: np.ndarray | None = None  # float64, 0-d: the denominator of a reduction
 
     def items(self) -> list[tuple[Output, np.ndarray]]:
-        """The computed outputs, in the order loss, grad_logits, grad_labels."""
+        """The computed outputs, in the order loss, grad_logits, grad_labels, weight_sum."""
         return [(n, a) for n in SOFT_OUTPUTS if (a := getattr(self, n)) is not None]
 
 
@@ -95,6 +100,11 @@ _NUMPY = {d: d.numpy for d in DType}
 _HALF = {d: d.value.half for d in DType}
 # Bytes per element of ONNX Runtime's intermediates: half types are computed in float32.
 _ORT_ITEMSIZE = {d: 4 if d.value.half else d.numpy.itemsize for d in DType}
+# The dtype of the inputs that the engine prepares (grad_loss, weights): the compute type.
+_ORT_NUMPY = {d: np.dtype(np.float32) if d.value.half else d.numpy for d in DType}
+# What the graphs compute; weight_sum is the engine's own (numpy, per example).
+_SOFT_GRAPH_OUTPUTS: tuple[Output, ...] = ("loss", "grad_logits", "grad_labels")
+_SPARSE_GRAPH_OUTPUTS: tuple[Output, ...] = ("loss", "grad_logits")
 
 
 def _subsets(names: Sequence[Output]) -> list[frozenset[Output]]:
@@ -161,6 +171,111 @@ def _padded(shape: Shape, rank: int) -> Shape:
     return (1,) * (rank - len(shape)) + shape
 
 
+@dataclass(frozen=True, slots=True)
+class _Extras:
+    """A call's validated evaluation options: what to weigh, reduce and smooth."""
+
+    reduction: str
+    eps: float
+    ignore_index: int | None
+    class_weights: bool
+    sample_weights: Shape | None
+
+    @property
+    def active(self) -> bool:
+        """Anything beyond TensorFlow's op (the calls take their plain path otherwise)."""
+        return (
+            self.reduction != "none"
+            or self.eps != 0.0
+            or self.ignore_index is not None
+            or self.class_weights
+            or self.sample_weights is not None
+        )
+
+
+_NO_EXTRAS = _Extras("none", 0.0, None, False, None)
+
+
+def _clip(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _check_extras(
+    sparse: bool,
+    wanted: frozenset[Output],
+    dtype: DType,
+    loss_shape: Shape,
+    classes: int,
+    grad_loss: Spec | None,
+    class_weights: Spec | None,
+    sample_weights: Spec | None,
+    options: Options,
+) -> _Extras:
+    """The options' checks that shapes, dtypes and scalars decide; grad_loss's too, whose
+    shape the reduction decides. Weight values are checked by the call."""
+    reduction, eps, ignore = options.reduction, options.label_smoothing, options.ignore_index
+    if reduction not in REDUCTIONS:
+        raise InvalidArgument(
+            f"reduction must be one of {', '.join(REDUCTIONS)}; got {_clip(reduction)}"
+        )
+    if type(eps) not in (int, float) or not math.isfinite(eps) or not 0 <= eps <= 1:
+        raise InvalidArgument(f"label_smoothing must be a number in [0, 1]; got {_clip(eps)}")
+    if ignore is not None:
+        if not sparse:
+            raise InvalidArgument(
+                "ignore_index applies to integer class labels (the sparse op); with "
+                "probability labels, give a position no weight with sample_weights"
+            )
+        if type(ignore) is not int:
+            raise InvalidArgument(f"ignore_index must be an integer; got {_clip(ignore)}")
+    reduced = reduction != "none"
+    if "weight_sum" in wanted and not reduced:
+        raise InvalidArgument(
+            "weight_sum is the denominator of a reduction: ask for reduction sum or mean"
+        )
+    if grad_loss is not None:
+        if not wanted & {"grad_logits", "grad_labels"}:
+            raise InvalidArgument("grad_loss is only used when a gradient output is asked for")
+        if _DTYPES.get(grad_loss[1]) is not dtype:
+            raise UnsupportedDtype(f"grad_loss must have dtype {dtype.name}")
+        if reduced and grad_loss[0] != ():
+            raise ShapeMismatch(
+                f"grad_loss must be a scalar (shape []) with reduction {reduction}, as the "
+                f"loss is; got {_shape_text(grad_loss[0])}"
+            )
+        if not reduced and grad_loss[0] != loss_shape:
+            raise ShapeMismatch(
+                f"grad_loss must have the loss's shape {_shape_text(loss_shape)}; "
+                f"got {_shape_text(grad_loss[0])}"
+            )
+    if class_weights is not None:
+        _float_dtype("class_weights", class_weights[1])
+        if class_weights[0] != (classes,):
+            raise ShapeMismatch(
+                f"class_weights must have shape [{classes}], one weight per class; got "
+                f"{_shape_text(class_weights[0])}"
+            )
+    if sample_weights is not None:
+        _float_dtype("sample_weights", sample_weights[1])
+        try:
+            fits = np.broadcast_shapes(sample_weights[0], loss_shape) == loss_shape
+        except ValueError:
+            fits = False
+        if not fits:
+            raise ShapeMismatch(
+                f"sample_weights must broadcast to the per-example loss's shape "
+                f"{_shape_text(loss_shape)}; got {_shape_text(sample_weights[0])}"
+            )
+    return _Extras(
+        reduction,
+        float(eps),
+        ignore,
+        class_weights is not None,
+        None if sample_weights is None else sample_weights[0],
+    )
+
+
 FULL, ONE, MIXED = 0, 1, 2  # how an input covers one group of dims of the broadcast shape
 
 
@@ -192,6 +307,7 @@ class _Soft:
     rows_layout: bool  # the class dimension is the last one: the rank-2 graphs
     block_rows: int
     block_inner: int
+    extras: _Extras
 
 
 def _check_soft(
@@ -201,6 +317,9 @@ def _check_soft(
     outputs: Sequence[str],
     dim: int,
     max_elements: int,
+    class_weights: Spec | None = None,
+    sample_weights: Spec | None = None,
+    options: Options = DEFAULT_OPTIONS,
 ) -> _Soft:
     """Every check of a soft call that shapes and dtypes decide, in the order the call makes."""
     wanted = _check_outputs(outputs, SOFT_OUTPUTS)
@@ -232,16 +351,17 @@ def _check_soft(
             f"shape is {_shape_text(full)}"
         )
     loss_shape = full[:dim] + full[dim + 1 :]
-    if grad_loss is not None:
-        if wanted == _LOSS_ONLY:
-            raise InvalidArgument("grad_loss is only used when a gradient output is asked for")
-        if _DTYPES.get(grad_loss[1]) is not dtype:
-            raise UnsupportedDtype(f"grad_loss must have dtype {dtype.name}")
-        if grad_loss[0] != loss_shape:
-            raise ShapeMismatch(
-                f"grad_loss must have the loss's shape {_shape_text(loss_shape)}; "
-                f"got {_shape_text(grad_loss[0])}"
-            )
+    extras = _check_extras(
+        False,
+        wanted,
+        dtype,
+        loss_shape,
+        full[dim],
+        grad_loss,
+        class_weights,
+        sample_weights,
+        options,
+    )
     # A half-precision gradient that is summed back is summed in float32, then cast once.
     summed = ("grad_logits" in wanted and _padded(logits[0], rank) != full) or (
         "grad_labels" in wanted and _padded(labels[0], rank) != full
@@ -266,6 +386,7 @@ def _check_soft(
         rows_layout=dim == rank - 1,
         block_rows=block_rows,
         block_inner=block_inner,
+        extras=extras,
     )
 
 
@@ -276,13 +397,25 @@ class _Sparse:
     label_dtype: DType
     labels: Shape
     logits: Shape
-    rows: int
+    outer: int  # the work is [outer, classes, inner]
     classes: int
+    inner: int
+    rows_layout: bool
     block_rows: int
+    block_inner: int
+    extras: _Extras
 
 
 def _check_sparse(
-    labels: Spec, logits: Spec, grad_loss: Spec | None, outputs: Sequence[str], max_elements: int
+    labels: Spec,
+    logits: Spec,
+    grad_loss: Spec | None,
+    outputs: Sequence[str],
+    max_elements: int,
+    dim: int = -1,
+    class_weights: Spec | None = None,
+    sample_weights: Spec | None = None,
+    options: Options = DEFAULT_OPTIONS,
 ) -> _Sparse:
     """Every check of a sparse call that shapes and dtypes decide (not the label range)."""
     wanted = _check_outputs(outputs, SPARSE_OUTPUTS)
@@ -290,38 +423,43 @@ def _check_sparse(
     label_dtype = _DTYPES.get(labels[1])
     if label_dtype is None or label_dtype not in INDEX_DTYPES:
         raise UnsupportedDtype(f"sparse labels must be int32 or int64; got {labels[1]}")
-    if not logits[0]:
+    shape = logits[0]
+    if not shape:
         raise ShapeMismatch("logits must have rank >= 1; got a scalar")
-    if labels[0] != logits[0][:-1]:
+    rank = len(shape)
+    if not -rank <= dim < rank:
+        raise InvalidDim(f"dim {dim} is out of range for rank {rank} (use {-rank}..{rank - 1})")
+    dim %= rank
+    loss_shape = shape[:dim] + shape[dim + 1 :]
+    if labels[0] != loss_shape:
         raise ShapeMismatch(
-            f"sparse labels must have the logits' shape without its last dimension, "
-            f"{_shape_text(logits[0][:-1])}; got {_shape_text(labels[0])}"
+            f"sparse labels must have the logits' shape without its class dimension (dim "
+            f"{dim}), {_shape_text(loss_shape)}; got {_shape_text(labels[0])}"
         )
-    _check_size("logits", logits[0], max_elements)
-    classes = logits[0][-1]
+    _check_size("logits", shape, max_elements)
+    classes = shape[dim]
     if classes == 0:
         raise InvalidArgument(
-            f"logits must have at least one class; shape is {_shape_text(logits[0])}"
+            f"logits must have at least one class (dim {dim}); shape is {_shape_text(shape)}"
         )
-    if grad_loss is not None:
-        if "grad_logits" not in wanted:
-            raise InvalidArgument("grad_loss is only used when grad_logits is asked for")
-        if _DTYPES.get(grad_loss[1]) is not dtype or grad_loss[0] != labels[0]:
-            raise ShapeMismatch(
-                f"grad_loss must be {dtype.name} of shape {_shape_text(labels[0])}; got "
-                f"{grad_loss[1]} of shape {_shape_text(grad_loss[0])}"
-            )
-    rows = math.prod(labels[0])
-    block_rows, _ = _block_geometry(rows, classes, 1, _ORT_ITEMSIZE[dtype])
+    extras = _check_extras(
+        True, wanted, dtype, loss_shape, classes, grad_loss, class_weights, sample_weights, options
+    )
+    outer, inner = math.prod(shape[:dim]), math.prod(shape[dim + 1 :])
+    block_rows, block_inner = _block_geometry(outer, classes, inner, _ORT_ITEMSIZE[dtype])
     return _Sparse(
         wanted=wanted,
         dtype=dtype,
         label_dtype=label_dtype,
         labels=labels[0],
-        logits=logits[0],
-        rows=rows,
+        logits=shape,
+        outer=outer,
         classes=classes,
+        inner=inner,
+        rows_layout=dim == rank - 1,
         block_rows=block_rows,
+        block_inner=block_inner,
+        extras=extras,
     )
 
 
@@ -513,8 +651,12 @@ def _unit_grad_loss(dtype: np.dtype[np.generic], rank: int) -> np.ndarray:
     return ones
 
 
+GraphKey = tuple[object, ...]
+
+
 class Engine:
-    """Builds every session once; computes loss and gradients for any rank, dim and dtype."""
+    """Computes loss and gradients for any rank, dim, dtype and option, through ONNX
+    Runtime sessions: TensorFlow's ops' built at start, the options' on first use."""
 
     def __init__(
         self,
@@ -525,29 +667,25 @@ class Engine:
     ) -> None:
         self.max_elements = max_elements
         threads = intra_op_threads or sessions.usable_cpus()
-        options = sessions.session_options(threads)
+        self._options = sessions.session_options(threads)
         requested = sessions.PROVIDERS[providers]
-        loadable = sessions.loadable_providers(providers)
-        self._sessions: dict[tuple[object, ...], sessions.InferenceSession] = {}
+        self._loadable = sessions.loadable_providers(providers)
+        self._sessions: dict[GraphKey, sessions.InferenceSession] = {}
         # Nodes of each graph: a bound on the block-sized tensors one run can hold.
-        self._nodes: dict[tuple[object, ...], int] = {}
+        self._nodes: dict[GraphKey, int] = {}
+        self._building = threading.Lock()
+        # Built now: TensorFlow's two ops, every dtype, layout and output subset (80
+        # sessions, about 0.25 s and 40 MiB). The graphs of label smoothing and class
+        # weights, and of the sparse op along a dim that is not the last, are built on
+        # their first call (a few ms each): 80 more at start would double both, for
+        # options most deployments use a few of.
         for dtype in FLOAT_DTYPES:
             for rank in (2, 3):
-                for outs in _subsets(SOFT_OUTPUTS):
-                    model = graphs.soft_graph(dtype, rank, outs)
-                    key: tuple[object, ...] = ("soft", dtype, rank, outs)
-                    self._sessions[key] = sessions.create_session(
-                        model, providers=loadable, options=options
-                    )
-                    self._nodes[key] = len(model.graph.node)
+                for outs in _subsets(_SOFT_GRAPH_OUTPUTS):
+                    self._build(("soft", dtype, rank, outs, False))
             for label_dtype in INDEX_DTYPES:
-                for outs in _subsets(SPARSE_OUTPUTS):
-                    model = graphs.sparse_graph(dtype, label_dtype, outs)
-                    key = ("sparse", dtype, label_dtype, outs)
-                    self._sessions[key] = sessions.create_session(
-                        model, providers=loadable, options=options
-                    )
-                    self._nodes[key] = len(model.graph.node)
+                for outs in _subsets(_SPARSE_GRAPH_OUTPUTS):
+                    self._build(("sparse", dtype, label_dtype, 2, outs, False))
         in_use = {p for s in self._sessions.values() for p in s.get_providers()}
         self.providers: list[str] = [p for p in requested if p in in_use]
         self.intra_op_threads = threads
@@ -557,6 +695,31 @@ class Engine:
                 requested[0],
                 ", ".join(self.providers),
             )
+
+    def _build(self, key: GraphKey) -> sessions.InferenceSession:
+        if key[0] == "soft":
+            _, dtype, rank, outs, weighted = key
+            model = graphs.soft_graph(dtype, rank, outs, weighted=weighted)  # type: ignore[arg-type]
+        else:
+            _, dtype, label_dtype, rank, outs, smoothed = key
+            model = graphs.sparse_graph(
+                dtype,  # type: ignore[arg-type]
+                label_dtype,  # type: ignore[arg-type]
+                outs,  # type: ignore[arg-type]
+                rank=rank,  # type: ignore[arg-type]
+                smoothed=smoothed,  # type: ignore[arg-type]
+            )
+        session = sessions.create_session(model, providers=self._loadable, options=self._options)
+        self._nodes[key] = len(model.graph.node)
+        self._sessions[key] = session
+        return session
+
+    def _session(self, key: GraphKey) -> sessions.InferenceSession:
+        session = self._sessions.get(key)
+        if session is None:
+            with self._building:  # calls run in a thread pool: build each graph once
+                session = self._sessions.get(key) or self._build(key)
+        return session
 
     # --- planning ----------------------------------------------------------------------
 
@@ -569,60 +732,90 @@ class Engine:
         grad_loss: tuple[Shape, DType] | None,
         outputs: Sequence[str],
         dim: int = -1,
+        class_weights: tuple[Shape, DType] | None = None,
+        sample_weights: tuple[Shape, DType] | None = None,
+        options: Options = DEFAULT_OPTIONS,
     ) -> Plan:
         """The cost of a call, from shapes and dtypes alone, before anything is allocated.
 
-        Raises what the call would raise for these shapes and dtypes (the sparse label
-        range needs values, and stays the call's). Inputs are taken to be C-contiguous, as
-        the codecs make them: a strided input costs a copy of itself on top of `work_bytes`.
-        The sparse op's class dimension is the last: `dim` must say so.
+        Raises what the call would raise for these shapes, dtypes and options (the sparse
+        label range and the weights' values need values, and stay the call's). Inputs are
+        taken to be C-contiguous, as the codecs make them: a strided input costs a copy
+        of itself on top of `work_bytes`.
         """
-        y = (tuple(labels[0]), labels[1].numpy)
-        x = (tuple(logits[0]), logits[1].numpy)
-        g = None if grad_loss is None else (tuple(grad_loss[0]), grad_loss[1].numpy)
+        y, x, g, cw, sw = (
+            None if spec is None else (tuple(spec[0]), spec[1].numpy)
+            for spec in (labels, logits, grad_loss, class_weights, sample_weights)
+        )
+        assert y is not None and x is not None
         if op == SOFT_OP:
-            return self._soft_plan(_check_soft(y, x, g, outputs, dim, self.max_elements))
+            soft = _check_soft(y, x, g, outputs, dim, self.max_elements, cw, sw, options)
+            return self._soft_plan(soft)
         if op == SPARSE_OP:
-            sparse = _check_sparse(y, x, g, outputs, self.max_elements)
-            rank = len(sparse.logits)
-            if dim not in (-1, rank - 1):
-                raise InvalidDim(
-                    f"the sparse op's class dimension is the last one; dim {dim} is not "
-                    f"(use -1 or {rank - 1})"
-                )
+            sparse = _check_sparse(y, x, g, outputs, self.max_elements, dim, cw, sw, options)
             return self._sparse_plan(sparse)
         raise ValueError(f"unknown op {op!r}; expected {SOFT_OP!r} or {SPARSE_OP!r}")
+
+    @staticmethod
+    def _output_bytes(
+        wanted: frozenset[Output], extras: _Extras, shapes: dict[str, Shape], itemsize: int
+    ) -> int:
+        reduced = extras.reduction != "none"
+        total = 0
+        for name in wanted:
+            if name == "weight_sum":
+                total += 8
+            elif name == "loss" and reduced:
+                total += itemsize
+            else:
+                total += math.prod(shapes[name]) * itemsize
+        return total
 
     def _soft_plan(self, s: _Soft) -> Plan:
         itemsize = s.dtype.numpy.itemsize
         shapes = {"loss": s.loss_shape, "grad_logits": s.logits, "grad_labels": s.labels}
-        output_bytes = sum(math.prod(shapes[n]) * itemsize for n in s.wanted)
+        output_bytes = self._output_bytes(s.wanted, s.extras, shapes, itemsize)
         elements = math.prod(s.full)
-        if math.prod(s.loss_shape) == 0:
-            return Plan(elements=elements, output_bytes=output_bytes, work_bytes=0)
+        examples = math.prod(s.loss_shape)
+        outs = s.wanted - _WEIGHT_SUM
+        if examples == 0 or not outs:
+            return Plan(elements, output_bytes, _EXTRAS_BYTES * examples)
         block = s.block_rows * s.classes * s.block_inner
         ort = _ORT_ITEMSIZE[s.dtype]
         rank = 2 if s.rows_layout else 3
-        nodes = self._nodes["soft", s.compute, rank, s.wanted]
+        nodes = self._node_count(("soft", s.compute, rank, outs, _weighted(s.extras)))
         work = (ARENA_FACTOR * (nodes + KERNEL_SCRATCH) + NUMPY_BLOCKS) * block * ort
         if s.compute is not s.dtype:  # half gradients summed back: float32 accumulators
             for name, own in (("grad_logits", s.logits), ("grad_labels", s.labels)):
                 if name in s.wanted and _padded(own, len(s.full)) != s.full:
                     work += math.prod(own) * s.compute.numpy.itemsize
+        if s.extras.active:
+            work += _EXTRAS_BYTES * examples
         return Plan(elements=elements, output_bytes=output_bytes, work_bytes=work)
 
     def _sparse_plan(self, s: _Sparse) -> Plan:
         itemsize = s.dtype.numpy.itemsize
         shapes = {"loss": s.labels, "grad_logits": s.logits}
-        output_bytes = sum(math.prod(shapes[n]) * itemsize for n in s.wanted)
+        output_bytes = self._output_bytes(s.wanted, s.extras, shapes, itemsize)
         elements = math.prod(s.logits)
-        if s.rows == 0:
-            return Plan(elements=elements, output_bytes=output_bytes, work_bytes=0)
-        nodes = self._nodes["sparse", s.dtype, s.label_dtype, s.wanted]
+        examples = math.prod(s.labels)
+        outs = s.wanted - _WEIGHT_SUM
+        if examples == 0 or not outs:
+            return Plan(elements, output_bytes, _EXTRAS_BYTES * examples)
+        rank = 2 if s.rows_layout else 3
+        key = ("sparse", s.dtype, s.label_dtype, rank, outs, s.extras.eps != 0.0)
+        nodes = self._node_count(key)
         # a block of logits, or of int64 label indices where there is one class
-        block = max(s.block_rows * s.classes * _ORT_ITEMSIZE[s.dtype], s.block_rows * 8)
-        work = ARENA_FACTOR * (nodes + KERNEL_SCRATCH) * block
+        rows = s.block_rows * s.block_inner
+        block = max(rows * s.classes * _ORT_ITEMSIZE[s.dtype], rows * 8)
+        work = (ARENA_FACTOR * (nodes + KERNEL_SCRATCH) + 2) * block  # + a strided block's copy
+        if s.extras.active:
+            work += _EXTRAS_BYTES * examples
         return Plan(elements=elements, output_bytes=output_bytes, work_bytes=work)
+
+    def _node_count(self, key: GraphKey) -> int:
+        self._session(key)
+        return self._nodes[key]
 
     # --- the soft op -------------------------------------------------------------------
 
@@ -634,8 +827,13 @@ class Engine:
         dim: int = -1,
         grad_loss: np.ndarray | None = None,
         outputs: Sequence[str] = ("loss",),
+        class_weights: np.ndarray | None = None,
+        sample_weights: np.ndarray | None = None,
+        options: Options = DEFAULT_OPTIONS,
     ) -> LossResult:
-        """tf.nn.softmax_cross_entropy_with_logits_v2 and, if asked, its gradients."""
+        """tf.nn.softmax_cross_entropy_with_logits_v2 and, if asked, its gradients; with
+        class weights, sample weights, label smoothing and a reduction if asked (README,
+        "Evaluation options", has the formulas)."""
         s = _check_soft(
             (labels.shape, labels.dtype),
             (logits.shape, logits.dtype),
@@ -643,18 +841,60 @@ class Engine:
             outputs,
             dim,
             self.max_elements,
+            _spec(class_weights),
+            _spec(sample_weights),
+            options,
         )
+        x = s.extras
+        if not x.active:
+            if math.prod(s.loss_shape) == 0:
+                return _empty(s.dtype, s.wanted, s.loss_shape, labels.shape, logits.shape)
+            return LossResult(dtype=s.dtype, **self._soft(s, labels, logits, grad_loss, {}))
+        weights = _weight_values("class_weights", class_weights)
+        scale = _weight_values("sample_weights", sample_weights)
+        if scale is not None:
+            scale = np.broadcast_to(scale, s.loss_shape)
+        total = float(scale.sum()) if scale is not None else float(math.prod(s.loss_shape))
+        constants: dict[str, np.ndarray] = {}
+        if _weighted(x):
+            # the labels the loss sees, times the class weights: y keep_w + spread_w
+            base = np.ones(1) if weights is None else weights
+            shape = (1, base.size) if s.rows_layout else (1, base.size, 1)
+            ort = _ORT_NUMPY[s.dtype]
+            constants["keep_w"] = ((1.0 - x.eps) * base).astype(ort).reshape(shape)
+            constants["spread_w"] = (x.eps / s.classes * base).astype(ort).reshape(shape)
+        arrays: dict[str, np.ndarray] = {}
         if math.prod(s.loss_shape) == 0:
-            return _empty(s.dtype, s.wanted, s.loss_shape, labels.shape, logits.shape)
-        return self._soft(s, labels, logits, grad_loss)
+            arrays = _empty_arrays(s.dtype, s.wanted, s.loss_shape, labels.shape, logits.shape)
+        elif s.wanted - _WEIGHT_SUM:
+            grad_scale = _grad_scale(x, grad_loss, scale, total, _ORT_NUMPY[s.dtype])
+            arrays = self._soft(s, labels, logits, grad_scale, constants)
+        return _finish(s.dtype, s.wanted, x, arrays, scale, total, None)
 
     def _soft(
-        self, s: _Soft, labels: np.ndarray, logits: np.ndarray, grad_loss: np.ndarray | None
-    ) -> LossResult:
+        self,
+        s: _Soft,
+        labels: np.ndarray,
+        logits: np.ndarray,
+        grad_loss: np.ndarray | None,
+        constants: dict[str, np.ndarray],
+    ) -> dict[str, np.ndarray]:
+        """The graphs' outputs asked for, in their inputs' shapes. `grad_loss`: the loss's
+        shape, or 0-d (the same for every example), in any float dtype; `constants`: the
+        weighted graph's per-class inputs."""
         compute, dtype, classes, wanted = s.numpy_compute, s.numpy, s.classes, s.wanted
+        outs = wanted - _WEIGHT_SUM
+        grad_type = _ORT_NUMPY[s.dtype]
         rows_layout = s.rows_layout
-        session = self._sessions["soft", s.compute, 2 if rows_layout else 3, wanted]
+        session = self._session(("soft", s.compute, 2 if rows_layout else 3, outs, bool(constants)))
         layout = (s.outer, classes) if rows_layout else (s.outer, classes, s.inner)
+        per_example = grad_loss is not None and grad_loss.ndim > 0
+        if grad_loss is None:
+            gl = _unit_grad_loss(grad_type, len(layout))
+        elif per_example:
+            gl = grad_loss.reshape((s.outer, 1) if rows_layout else (s.outer, 1, s.inner))
+        else:
+            gl = np.asarray(grad_loss, grad_type).reshape((1,) * len(layout))
         if labels.shape == logits.shape and s.block_rows >= s.outer and s.block_inner >= s.inner:
             # One block and no broadcast (most small requests): one run on views, as the
             # loop below would do it, without its bookkeeping (which costs a 32x10 call
@@ -662,26 +902,20 @@ class Engine:
             feeds = {
                 "labels": np.ascontiguousarray(labels).reshape(layout),
                 "logits": np.ascontiguousarray(logits).reshape(layout),
+                **constants,
             }
-            if wanted != _LOSS_ONLY:
-                feeds["grad_loss"] = (
-                    _unit_grad_loss(dtype, len(layout))
-                    if grad_loss is None
-                    else np.ascontiguousarray(grad_loss).reshape((*layout[:1], 1, *layout[2:]))
-                )
+            if outs != _LOSS_ONLY:
+                feeds["grad_loss"] = np.ascontiguousarray(gl, grad_type)
             shapes = {"loss": layout[:1] + layout[2:], "grad_logits": layout, "grad_labels": layout}
-            whole: dict[str, np.ndarray] = {n: np.empty(shapes[n], dtype) for n in wanted}
+            whole: dict[str, np.ndarray] = {n: np.empty(shapes[n], dtype) for n in outs}
             sessions.run_bound(session, feeds, whole)
-            return LossResult(
-                dtype=s.dtype,
-                **{n: a.reshape(s.loss_shape if n == "loss" else s.full) for n, a in whole.items()},
-            )
+            return {n: a.reshape(s.loss_shape if n == "loss" else s.full) for n, a in whole.items()}
         y, x = _Source(labels, s), _Source(logits, s)
         # Outputs are written in place where they can be: the loss, and the gradient of an
         # input of the full shape, block by block. A broadcast input's gradient is summed,
         # block by block, into an array of its own shape (in float32 for half types).
         # Arrays are in the graph's rank: [outer, classes] when rows_layout.
-        loss = np.empty(layout[:1] + layout[2:], dtype) if "loss" in wanted else None
+        loss = np.empty(layout[:1] + layout[2:], dtype) if "loss" in outs else None
         grads: list[tuple[Output, _Source, np.ndarray]] = []
         for name, source in (("grad_logits", x), ("grad_labels", y)):
             if name in wanted:
@@ -689,11 +923,8 @@ class Engine:
                     grads.append((name, source, np.zeros(source.view.shape, compute)))
                 else:
                     grads.append((name, source, np.empty(layout, dtype)))
-        gl = None
-        if grads:
-            gl = _unit_grad_loss(compute, len(layout))
-            if grad_loss is not None:
-                gl = grad_loss.reshape((s.outer, 1) if rows_layout else (s.outer, 1, s.inner))
+        if not grads:
+            per_example = False
 
         for start in range(0, s.outer, s.block_rows):
             rows = slice(start, min(s.outer, start + s.block_rows))
@@ -702,7 +933,7 @@ class Engine:
                 cut = rows if cols is None else (rows, slice(None), cols)
                 fy = y.block(rows, cols, y.classes, compute)
                 fx = x.block(rows, cols, classes, compute)
-                feeds = {"labels": fy, "logits": fx}
+                feeds = {"labels": fy, "logits": fx, **constants}
                 values: dict[str, np.ndarray] = {}
                 copies: list[tuple[np.ndarray, np.ndarray]] = []  # (computed, destination)
                 if loss is not None:
@@ -712,8 +943,8 @@ class Engine:
                     else:
                         values["loss"] = np.empty(out.shape, compute)
                         copies.append((values["loss"], out))
-                if gl is not None:
-                    fg = gl if grad_loss is None else np.ascontiguousarray(gl[cut], compute)
+                if grads:
+                    fg = np.ascontiguousarray(gl[cut], grad_type) if per_example else gl
                     feeds["grad_loss"] = fg
                     for name, source, into in grads:
                         # the graph's output: softmax - labels or log_softmax, times grad_loss
@@ -741,7 +972,7 @@ class Engine:
         for name, _, into in grads:
             own = s.logits if name == "grad_logits" else s.labels
             result[name] = into.reshape(own).astype(dtype, copy=False)
-        return LossResult(dtype=s.dtype, **result)
+        return result
 
     # --- the sparse op -----------------------------------------------------------------
 
@@ -750,56 +981,235 @@ class Engine:
         *,
         labels: np.ndarray,
         logits: np.ndarray,
+        dim: int = -1,
         grad_loss: np.ndarray | None = None,
         outputs: Sequence[str] = ("loss",),
+        class_weights: np.ndarray | None = None,
+        sample_weights: np.ndarray | None = None,
+        options: Options = DEFAULT_OPTIONS,
     ) -> LossResult:
-        """tf.nn.sparse_softmax_cross_entropy_with_logits (class dimension last)."""
+        """tf.nn.sparse_softmax_cross_entropy_with_logits along any class `dim`, with the
+        evaluation options of PyTorch's cross_entropy if asked (README, "Evaluation
+        options")."""
         s = _check_sparse(
             (labels.shape, labels.dtype),
             (logits.shape, logits.dtype),
             _spec(grad_loss),
             outputs,
             self.max_elements,
+            dim,
+            _spec(class_weights),
+            _spec(sample_weights),
+            options,
         )
-        if labels.size == 0:
+        x = s.extras
+        if labels.size == 0 and not x.active:
             return _empty(s.dtype, s.wanted, labels.shape, labels.shape, logits.shape)
-        low, high = int(labels.min()), int(labels.max())
-        if low < 0 or high >= s.classes:
-            bad = low if low < 0 else high
-            raise LabelOutOfRange(f"labels must be in [0, {s.classes}); found {bad}")
+        mask = None
+        if x.ignore_index is not None and labels.size:
+            kept = labels != x.ignore_index
+            if not kept.all():
+                mask, labels = kept, np.where(kept, labels, 0).astype(labels.dtype)
+        if labels.size:
+            low, high = int(labels.min()), int(labels.max())
+            if low < 0 or high >= s.classes:
+                bad = low if low < 0 else high
+                hint = "" if x.ignore_index is not None else "; to skip padding, set ignore_index"
+                raise LabelOutOfRange(f"labels must be in [0, {s.classes}); found {bad}{hint}")
+        if not x.active:
+            return LossResult(dtype=s.dtype, **self._sparse(s, labels, logits, grad_loss, {}, {}))
 
-        dtype = s.dtype.numpy
-        feeds = {
-            "labels": np.ascontiguousarray(labels).reshape(-1),
-            "logits": np.ascontiguousarray(logits).reshape(-1, s.classes),
-        }
-        if "grad_logits" in s.wanted:
-            feeds["grad_loss"] = (
-                np.ones(1, dtype)
+        weights = _weight_values("class_weights", class_weights)
+        samples = _weight_values("sample_weights", sample_weights)
+        # Each example's weight in the mean: s_n w_{y_n}, 0 where ignored.
+        label_weights = None if weights is None else weights[labels]
+        factors = [
+            f
+            for f in (
+                None if samples is None else np.broadcast_to(samples, s.labels),
+                mask,
+                label_weights,
+            )
+            if f is not None
+        ]
+        counted = math.prod(factors) if factors else None
+        total = float(math.prod(s.labels) if counted is None else np.sum(counted))
+        smoothed = x.eps != 0.0
+        # What multiplies each example's loss and gradient beyond the graph: all of that
+        # but the class weight, which the smoothed graph applies itself.
+        if smoothed and label_weights is not None:
+            factors = factors[:-1]
+        scale = np.asarray(math.prod(factors), np.float64) if factors else None
+        examples: dict[str, np.ndarray] = {}
+        constants: dict[str, np.ndarray] = {}
+        if smoothed:
+            ort = _ORT_NUMPY[s.dtype]
+            keep, spread = 1.0 - x.eps, x.eps / s.classes
+            base = np.ones(1) if weights is None else weights
+            shape = (1, base.size) if s.rows_layout else (1, base.size, 1)
+            constants["spread_w"] = (spread * base).astype(ort).reshape(shape)
+            w_y = np.ones(1) if label_weights is None else label_weights
+            examples["keep_w_y"] = (keep * w_y).astype(ort)
+            if "grad_logits" in s.wanted:
+                examples["mass"] = (
+                    keep * w_y + spread * float(base.sum() * s.classes / base.size)
+                ).astype(ort)
+        arrays: dict[str, np.ndarray] = {}
+        if labels.size == 0:
+            arrays = _empty_arrays(s.dtype, s.wanted, labels.shape, labels.shape, logits.shape)
+        elif s.wanted - _WEIGHT_SUM:
+            grad_scale = _grad_scale(x, grad_loss, scale, total, _ORT_NUMPY[s.dtype])
+            arrays = self._sparse(s, labels, logits, grad_scale, examples, constants)
+        return _finish(s.dtype, s.wanted, x, arrays, scale, total, mask)
+
+    def _sparse(
+        self,
+        s: _Sparse,
+        labels: np.ndarray,
+        logits: np.ndarray,
+        grad_loss: np.ndarray | None,
+        examples: dict[str, np.ndarray],
+        constants: dict[str, np.ndarray],
+    ) -> dict[str, np.ndarray]:
+        """The graph's outputs asked for, in their inputs' shapes, in blocks of rows (and of
+        `inner` when a row of [outer, C, inner] alone is too big). `examples`: the smoothed
+        graph's per-example inputs, of the labels' shape or of one element."""
+        outs = s.wanted - _WEIGHT_SUM
+        rows_layout = s.rows_layout
+        rank = 2 if rows_layout else 3
+        session = self._session(("sparse", s.dtype, s.label_dtype, rank, outs, bool(constants)))
+        lay = (s.outer,) if rows_layout else (s.outer, s.inner)
+        layout = (s.outer, s.classes) if rows_layout else (s.outer, s.classes, s.inner)
+        per = dict(examples)
+        per["labels"] = labels
+        if "grad_logits" in outs:
+            per["grad_loss"] = (
+                _unit_grad_loss(_ORT_NUMPY[s.dtype], len(lay))
                 if grad_loss is None
-                else np.ascontiguousarray(grad_loss).reshape(-1)
+                else np.asarray(grad_loss, _ORT_NUMPY[s.dtype])
             )
-        session = self._sessions["sparse", s.dtype, s.label_dtype, s.wanted]
-        shapes = {"loss": (s.rows,), "grad_logits": (s.rows, s.classes)}
-        values: dict[str, np.ndarray] = {n: np.empty(shapes[n], dtype) for n in s.wanted}
-        for start in range(0, s.rows, s.block_rows):
-            block = slice(start, min(s.rows, start + s.block_rows))
-            sessions.run_bound(
-                session,
-                {k: a[block] if a.shape[0] == s.rows else a for k, a in feeds.items()},
-                {k: a[block] for k, a in values.items()},
-            )
-        return LossResult(
-            dtype=s.dtype,
-            loss=values["loss"].reshape(labels.shape) if "loss" in values else None,
-            grad_logits=(
-                values["grad_logits"].reshape(logits.shape) if "grad_logits" in values else None
-            ),
+        size = math.prod(lay)
+        full = {n for n, a in per.items() if a.size == size}
+        per = {
+            n: np.ascontiguousarray(a).reshape(lay if n in full else (1,) * len(lay))
+            for n, a in per.items()
+        }
+        x = np.ascontiguousarray(logits).reshape(layout)
+        dtype = s.dtype.numpy
+        shapes = {"loss": lay, "grad_logits": layout}
+        values = {n: np.empty(shapes[n], dtype) for n in outs}
+        for start in range(0, s.outer, s.block_rows):
+            rows = slice(start, min(s.outer, start + s.block_rows))
+            for first in range(0, s.inner, s.block_inner):
+                if rows_layout:
+                    cut: tuple[slice, ...] = (rows,)
+                    xcut: tuple[slice, ...] = (rows,)
+                else:
+                    cols = slice(first, min(s.inner, first + s.block_inner))
+                    cut, xcut = (rows, cols), (rows, slice(None), cols)
+                feeds = {
+                    n: np.ascontiguousarray(a[cut]) if n in full else a for n, a in per.items()
+                }
+                feeds["logits"] = np.ascontiguousarray(x[xcut])
+                feeds.update(constants)
+                bound: dict[str, np.ndarray] = {}
+                copies: list[tuple[np.ndarray, np.ndarray]] = []
+                for n, a in values.items():
+                    out = a[cut if n == "loss" else xcut]
+                    if out.flags.c_contiguous:
+                        bound[n] = out
+                    else:
+                        bound[n] = np.empty(out.shape, dtype)
+                        copies.append((bound[n], out))
+                sessions.run_bound(session, feeds, bound)
+                for computed, destination in copies:
+                    destination[...] = computed
+        return {n: a.reshape(s.labels if n == "loss" else s.logits) for n, a in values.items()}
+
+
+_WEIGHT_SUM = frozenset({"weight_sum"})
+# What the options add per example at most (float64 each): sample weights broadcast, the
+# ignore mask, label weights, their product, the per-example loss and gradient scale.
+_EXTRAS_BYTES = 48
+
+
+def _weighted(extras: _Extras) -> bool:
+    """The soft op's weighted graph: class weights or label smoothing."""
+    return extras.class_weights or extras.eps != 0.0
+
+
+def _weight_values(name: str, array: np.ndarray | None) -> np.ndarray | None:
+    """Weights as float64, after checking their values: finite and not negative."""
+    if array is None:
+        return None
+    weights = np.asarray(array, np.float64)
+    bad = ~np.isfinite(weights) | (weights < 0)
+    if bad.any():
+        raise InvalidArgument(
+            f"{name} must be finite and >= 0; found {weights[bad].flat[0]} (PyTorch and Keras "
+            "take weights as given: a negative one would reward a wrong answer)"
         )
+    return weights
+
+
+def _grad_scale(
+    extras: _Extras,
+    grad_loss: np.ndarray | None,
+    scale: np.ndarray | None,
+    total: float,
+    dtype: np.dtype[np.generic],
+) -> np.ndarray | None:
+    """Each example's factor on its gradient: grad_loss (a scalar when reduced) times its
+    weight `scale`, over the total weight for a mean (0 when there is none: PyTorch's zero
+    gradients of an empty mean). None for ones."""
+    if extras.reduction != "none":
+        factor = 1.0 if grad_loss is None else float(grad_loss)
+        if extras.reduction == "mean":
+            factor = factor / total if total else 0.0
+        return np.asarray(factor if scale is None else scale * factor, dtype)
+    if scale is None:
+        return grad_loss
+    return np.asarray(scale if grad_loss is None else scale * grad_loss, dtype)
+
+
+def _finish(
+    dtype: DType,
+    wanted: frozenset[Output],
+    extras: _Extras,
+    arrays: dict[str, np.ndarray],
+    scale: np.ndarray | None,
+    total: float,
+    mask: np.ndarray | None,
+) -> LossResult:
+    """The graphs' per-example losses weighted, masked and reduced (in float64), and the
+    weight sum; the gradients are already the reduced loss's (`_grad_scale`)."""
+    result = dict(arrays)
+    loss = arrays.get("loss")
+    if loss is not None and (scale is not None or mask is not None or extras.reduction != "none"):
+        with np.errstate(invalid="ignore", divide="ignore"):
+            value = loss.astype(np.float64)
+            if scale is not None:
+                value = value * scale
+            if mask is not None:  # exactly 0, even where the loss was inf or NaN
+                value = np.where(mask, value, 0.0)
+            if extras.reduction == "sum":
+                value = np.asarray(value.sum())
+            elif extras.reduction == "mean":
+                value = np.asarray(value.sum() / total if total else np.nan)
+        result["loss"] = value.astype(dtype.numpy)
+    if "weight_sum" in wanted:
+        result["weight_sum"] = np.asarray(total, np.float64)
+    return LossResult(dtype=dtype, **result)
+
+
+def _empty_arrays(
+    dtype: DType, wanted: frozenset[Output], loss: Shape, labels: Shape, logits: Shape
+) -> dict[str, np.ndarray]:
+    shapes = {"loss": loss, "grad_logits": logits, "grad_labels": labels}
+    return {n: np.zeros(shapes[n], dtype.numpy) for n in wanted - _WEIGHT_SUM}
 
 
 def _empty(
     dtype: DType, wanted: frozenset[Output], loss: Shape, labels: Shape, logits: Shape
 ) -> LossResult:
-    shapes = {"loss": loss, "grad_logits": logits, "grad_labels": labels}
-    return LossResult(dtype=dtype, **{n: np.zeros(shapes[n], dtype.numpy) for n in wanted})
+    return LossResult(dtype=dtype, **_empty_arrays(dtype, wanted, loss, labels, logits))

@@ -9,12 +9,36 @@ from typing import Literal
 import ml_dtypes
 import numpy as np
 
-Output = Literal["loss", "grad_logits", "grad_labels"]
+Output = Literal["loss", "grad_logits", "grad_labels", "weight_sum"]
+Reduction = Literal["none", "sum", "mean"]
 SOFT_OP = "softmax_cross_entropy_with_logits"  # the two operations, by their TensorFlow names,
 SPARSE_OP = "sparse_softmax_cross_entropy_with_logits"  # which are also the v2 model names
 MAX_RANK = 32  # numpy allows 64; no loss needs more than a few
-SOFT_OUTPUTS: tuple[Output, ...] = ("loss", "grad_logits", "grad_labels")
-SPARSE_OUTPUTS: tuple[Output, ...] = ("loss", "grad_logits")
+SOFT_OUTPUTS: tuple[Output, ...] = ("loss", "grad_logits", "grad_labels", "weight_sum")
+SPARSE_OUTPUTS: tuple[Output, ...] = ("loss", "grad_logits", "weight_sum")
+REDUCTIONS: tuple[Reduction, ...] = ("none", "sum", "mean")
+# The optional tensors of both ops, beside labels, logits and grad_loss.
+WEIGHT_INPUTS = ("class_weights", "sample_weights")
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    """The evaluation options of a call that are scalars (the weights are tensors).
+
+    Taken as sent: the engine checks them (422s that say what was expected), so that every
+    transport refuses the same values with the same words.
+    """
+
+    reduction: str = "none"  # one of REDUCTIONS
+    label_smoothing: float = 0.0  # in [0, 1]
+    ignore_index: int | None = None  # the sparse op only
+
+    @property
+    def reduced(self) -> bool:
+        return self.reduction != "none"
+
+
+DEFAULT_OPTIONS = Options()
 
 
 @dataclass(frozen=True)

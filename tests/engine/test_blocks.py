@@ -310,19 +310,22 @@ def test_plan_error_types_are_the_documented_ones(limited: Engine) -> None:
             )
 
 
-def test_sparse_plan_takes_only_the_last_dim(engine: Engine) -> None:
-    def plan(op: str, dim: int) -> object:
+def test_sparse_plan_takes_the_class_dim_out_of_the_labels_shape(engine: Engine) -> None:
+    def plan(op: str, labels: tuple[int, ...], dim: int) -> object:
         return engine.plan(
-            op, labels=((4,), I32), logits=((4, 3), F32), grad_loss=None, outputs=["loss"], dim=dim
+            op, labels=(labels, I32), logits=((4, 3), F32), grad_loss=None, outputs=["loss"], dim=dim
         )
 
-    for dim in (-1, 1):
-        plan(SPARSE_OP, dim)
-    for dim in (0, -2, 2):
+    for labels, dim in (((4,), -1), ((4,), 1), ((3,), 0), ((3,), -2)):
+        plan(SPARSE_OP, labels, dim)
+    for labels, dim in (((3,), -1), ((4,), 0)):
+        with pytest.raises(ShapeMismatch, match="without its class dimension"):
+            plan(SPARSE_OP, labels, dim)
+    for dim in (2, -3):
         with pytest.raises(InvalidDim):
-            plan(SPARSE_OP, dim)
+            plan(SPARSE_OP, (4,), dim)
     with pytest.raises(ValueError, match="unknown op"):
-        plan("softmax", -1)
+        plan("softmax", (4,), -1)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
