@@ -69,9 +69,13 @@ def sparse_softmax_xent(
 
 
 def assert_close(actual: np.ndarray, expected: np.ndarray, dtype: str, what: str = "") -> None:
-    """Elementwise |actual - expected| <= tol * (|expected| + scale), scale from the output."""
+    """Elementwise |actual - expected| <= tol * (|expected| + scale), scale from the output;
+    NaN exactly where the reference has NaN (an empty mean)."""
     assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
     a = np.asarray(actual, dtype=np.float64)
+    nan = np.isnan(expected)
+    assert np.array_equal(np.isnan(a), nan), f"{what} ({dtype}): NaN where the reference has none"
+    a, expected = np.where(nan, 0.0, a), np.where(nan, 0.0, expected)
     tol = TOLERANCE[dtype]
     scale = float(np.abs(expected).max(initial=0.0)) + 1.0
     err = np.abs(a - expected)

@@ -313,7 +313,12 @@ def test_plan_error_types_are_the_documented_ones(limited: Engine) -> None:
 def test_sparse_plan_takes_the_class_dim_out_of_the_labels_shape(engine: Engine) -> None:
     def plan(op: str, labels: tuple[int, ...], dim: int) -> object:
         return engine.plan(
-            op, labels=(labels, I32), logits=((4, 3), F32), grad_loss=None, outputs=["loss"], dim=dim
+            op,
+            labels=(labels, I32),
+            logits=((4, 3), F32),
+            grad_loss=None,
+            outputs=["loss"],
+            dim=dim,
         )
 
     for labels, dim in (((4,), -1), ((4,), 1), ((3,), 0), ((3,), -2)):
