@@ -362,11 +362,12 @@ def _check_soft(
         sample_weights,
         options,
     )
-    # A half-precision gradient that is summed back is summed in float32, then cast once.
+    # A half-precision gradient that is summed back is summed in float32, then cast once;
+    # a half-precision loss that is weighted or reduced after the run is too.
     summed = ("grad_logits" in wanted and _padded(logits[0], rank) != full) or (
         "grad_labels" in wanted and _padded(labels[0], rank) != full
     )
-    compute = DType.float32 if _HALF[dtype] and summed else dtype
+    compute = DType.float32 if _HALF[dtype] and (summed or _rescaled(extras, wanted)) else dtype
     outer, classes, inner = math.prod(full[:dim]), full[dim], math.prod(full[dim + 1 :])
     block_rows, block_inner = _block_geometry(outer, classes, inner, _ORT_ITEMSIZE[dtype])
     return _Soft(
@@ -394,6 +395,7 @@ def _check_soft(
 class _Sparse:
     wanted: frozenset[Output]
     dtype: DType
+    compute: DType  # float32 for a half loss weighted or reduced after the run, else dtype
     label_dtype: DType
     labels: Shape
     logits: Shape
@@ -450,6 +452,7 @@ def _check_sparse(
     return _Sparse(
         wanted=wanted,
         dtype=dtype,
+        compute=DType.float32 if _HALF[dtype] and _rescaled(extras, wanted) else dtype,
         label_dtype=label_dtype,
         labels=labels[0],
         logits=shape,
@@ -803,7 +806,7 @@ class Engine:
         if examples == 0 or not outs:
             return Plan(elements, output_bytes, _EXTRAS_BYTES * examples)
         rank = 2 if s.rows_layout else 3
-        key = ("sparse", s.dtype, s.label_dtype, rank, outs, s.extras.eps != 0.0)
+        key = ("sparse", s.compute, s.label_dtype, rank, outs, s.extras.eps != 0.0)
         nodes = self._node_count(key)
         # a block of logits, or of int64 label indices where there is one class
         rows = s.block_rows * s.block_inner
@@ -849,7 +852,10 @@ class Engine:
         if not x.active:
             if math.prod(s.loss_shape) == 0:
                 return _empty(s.dtype, s.wanted, s.loss_shape, labels.shape, logits.shape)
-            return LossResult(dtype=s.dtype, **self._soft(s, labels, logits, grad_loss, {}))
+            plain = self._soft(s, labels, logits, grad_loss, {})
+            return LossResult(
+                dtype=s.dtype, **{n: a.astype(s.numpy, copy=False) for n, a in plain.items()}
+            )
         weights = _weight_values("class_weights", class_weights)
         scale = _weight_values("sample_weights", sample_weights)
         if scale is not None:
@@ -879,9 +885,9 @@ class Engine:
         grad_loss: np.ndarray | None,
         constants: dict[str, np.ndarray],
     ) -> dict[str, np.ndarray]:
-        """The graphs' outputs asked for, in their inputs' shapes. `grad_loss`: the loss's
-        shape, or 0-d (the same for every example), in any float dtype; `constants`: the
-        weighted graph's per-class inputs."""
+        """The graphs' outputs asked for, in their inputs' shapes (the loss in the compute
+        type). `grad_loss`: the loss's shape, or 0-d (the same for every example), in any
+        float dtype; `constants`: the weighted graph's per-class inputs."""
         compute, dtype, classes, wanted = s.numpy_compute, s.numpy, s.classes, s.wanted
         outs = wanted - _WEIGHT_SUM
         grad_type = _ORT_NUMPY[s.dtype]
@@ -895,7 +901,12 @@ class Engine:
             gl = grad_loss.reshape((s.outer, 1) if rows_layout else (s.outer, 1, s.inner))
         else:
             gl = np.asarray(grad_loss, grad_type).reshape((1,) * len(layout))
-        if labels.shape == logits.shape and s.block_rows >= s.outer and s.block_inner >= s.inner:
+        if (
+            labels.shape == logits.shape
+            and s.block_rows >= s.outer
+            and s.block_inner >= s.inner
+            and s.compute is s.dtype
+        ):
             # One block and no broadcast (most small requests): one run on views, as the
             # loop below would do it, without its bookkeeping (which costs a 32x10 call
             # about a quarter of its time; bench/engine_memory.py timing).
@@ -915,7 +926,8 @@ class Engine:
         # input of the full shape, block by block. A broadcast input's gradient is summed,
         # block by block, into an array of its own shape (in float32 for half types).
         # Arrays are in the graph's rank: [outer, classes] when rows_layout.
-        loss = np.empty(layout[:1] + layout[2:], dtype) if "loss" in outs else None
+        # in the compute type: a half loss that is weighted or reduced is rounded once, after
+        loss = np.empty(layout[:1] + layout[2:], compute) if "loss" in outs else None
         grads: list[tuple[Output, _Source, np.ndarray]] = []
         for name, source in (("grad_logits", x), ("grad_labels", y)):
             if name in wanted:
@@ -938,7 +950,7 @@ class Engine:
                 copies: list[tuple[np.ndarray, np.ndarray]] = []  # (computed, destination)
                 if loss is not None:
                     out = loss[rows] if cols is None else loss[rows, cols]
-                    if compute == dtype and out.flags.c_contiguous:
+                    if out.flags.c_contiguous:
                         values["loss"] = out
                     else:
                         values["loss"] = np.empty(out.shape, compute)
@@ -1077,7 +1089,7 @@ class Engine:
         outs = s.wanted - _WEIGHT_SUM
         rows_layout = s.rows_layout
         rank = 2 if rows_layout else 3
-        session = self._session(("sparse", s.dtype, s.label_dtype, rank, outs, bool(constants)))
+        session = self._session(("sparse", s.compute, s.label_dtype, rank, outs, bool(constants)))
         lay = (s.outer,) if rows_layout else (s.outer, s.inner)
         layout = (s.outer, s.classes) if rows_layout else (s.outer, s.classes, s.inner)
         per = dict(examples)
@@ -1095,9 +1107,9 @@ class Engine:
             for n, a in per.items()
         }
         x = np.ascontiguousarray(logits).reshape(layout)
-        dtype = s.dtype.numpy
+        dtype, compute = s.dtype.numpy, s.compute.numpy
         shapes = {"loss": lay, "grad_logits": layout}
-        values = {n: np.empty(shapes[n], dtype) for n in outs}
+        values = {n: np.empty(shapes[n], compute if n == "loss" else dtype) for n in outs}
         for start in range(0, s.outer, s.block_rows):
             rows = slice(start, min(s.outer, start + s.block_rows))
             for first in range(0, s.inner, s.block_inner):
@@ -1110,16 +1122,16 @@ class Engine:
                 feeds = {
                     n: np.ascontiguousarray(a[cut]) if n in full else a for n, a in per.items()
                 }
-                feeds["logits"] = np.ascontiguousarray(x[xcut])
+                feeds["logits"] = np.ascontiguousarray(x[xcut], compute)
                 feeds.update(constants)
                 bound: dict[str, np.ndarray] = {}
                 copies: list[tuple[np.ndarray, np.ndarray]] = []
                 for n, a in values.items():
                     out = a[cut if n == "loss" else xcut]
-                    if out.flags.c_contiguous:
+                    if out.flags.c_contiguous and out.dtype == compute:
                         bound[n] = out
                     else:
-                        bound[n] = np.empty(out.shape, dtype)
+                        bound[n] = np.empty(out.shape, compute)
                         copies.append((bound[n], out))
                 sessions.run_bound(session, feeds, bound)
                 for computed, destination in copies:
@@ -1131,6 +1143,21 @@ _WEIGHT_SUM = frozenset({"weight_sum"})
 # What the options add per example at most (float64 each): sample weights broadcast, the
 # ignore mask, label weights, their product, the per-example loss and gradient scale.
 _EXTRAS_BYTES = 48
+
+
+def _rescaled(extras: _Extras, wanted: frozenset[Output]) -> bool:
+    """The loss is multiplied or summed after the run (sample weights, ignore_index,
+    class weights of integer labels, a reduction)."""
+    return (
+        "loss" in wanted
+        and extras.active
+        and (
+            extras.reduction != "none"
+            or extras.sample_weights is not None
+            or extras.ignore_index is not None
+            or extras.class_weights
+        )
+    )
 
 
 def _weighted(extras: _Extras) -> bool:
@@ -1183,7 +1210,7 @@ def _finish(
 ) -> LossResult:
     """The graphs' per-example losses weighted, masked and reduced (in float64), and the
     weight sum; the gradients are already the reduced loss's (`_grad_scale`)."""
-    result = dict(arrays)
+    result = {n: a.astype(dtype.numpy, copy=False) for n, a in arrays.items()}
     loss = arrays.get("loss")
     if loss is not None and (scale is not None or mask is not None or extras.reduction != "none"):
         with np.errstate(invalid="ignore", divide="ignore"):

@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from service.engine.engine import Engine
-from tests.reference import NUMPY, softmax_xent
+from service.engine.types import Options
+from tests.reference import NUMPY, softmax_xent, xent_with_options
 
 ALL = ["loss", "grad_logits", "grad_labels"]
 # TensorFlow 2.21's float32 error at 32 rows, 1,000 to 128,000 classes (the issue):
@@ -76,3 +77,39 @@ def test_error_stays_within_twice_tensorflows_at_128k_classes(
     if worst > WITHIN * TF_LOSS_REL:
         failures.append(f"grad_labels: normwise relative error {worst:.3g}")
     assert not failures, f"{dtype}, logits x{scale}, over {WITHIN}x TensorFlow's: {failures}"
+
+
+@pytest.mark.parametrize(
+    "dtype", [pytest.param("float32", marks=KNOWN_SLOW_FIX), "float16", "bfloat16"]
+)
+def test_error_with_every_option_stays_within_twice_tensorflows(engine: Engine, dtype: str) -> None:
+    """The options' graphs (class weights, smoothing) and their float64 reductions keep
+    the same bound: per-example loss and gradients, and a mean."""
+    labels, logits = sparse_soft_inputs(128_000, 3.0, dtype)
+    rng = np.random.default_rng(2)
+    weights = (rng.random(128_000) + 0.5).astype(NUMPY[dtype])
+    samples = (rng.random(32) + 0.5).astype(NUMPY[dtype])
+    options = {"class_weights": weights, "sample_weights": samples}
+    failures = []
+    for reduction in ("none", "mean"):
+        got = engine.softmax_cross_entropy(
+            labels=labels,
+            logits=logits,
+            outputs=["loss", "grad_logits", "grad_labels"],
+            options=Options(reduction, 0.1),
+            **options,
+        )
+        want = xent_with_options(
+            labels, logits, sparse=False, reduction=reduction, label_smoothing=0.1, **options
+        )
+        for name, array in got.items():
+            err = np.abs(array.astype(np.float64) - want[name]) - rounding(want[name], dtype)
+            scale = np.abs(want[name]) if name == "loss" else np.abs(want[name]).max()
+            worst = float(np.max(err / scale))
+            bound = TF_LOSS_REL if name != "grad_logits" else TF_GRAD_ABS / scale
+            # The options' own factors (1 - eps) w_c and s_n / W are rounded to float32 on
+            # their way into the graph and multiplied in: three roundings more than
+            # TensorFlow's op makes, allowed on top (2**-24 each, relative).
+            if worst > WITHIN * float(np.max(bound)) + 3 * 2.0**-24:
+                failures.append(f"{reduction} {name}: {worst:.3g}")
+    assert not failures, f"{dtype}, over {WITHIN}x TensorFlow's: {failures}"
