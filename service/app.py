@@ -33,6 +33,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             providers=settings.providers,
             intra_op_threads=settings.intra_op_threads,
             max_elements=settings.max_elements,
+            chunked_softmax=settings.chunked_softmax,
         )
         log.info(
             "sessions ready on %s with %d intra-op threads",

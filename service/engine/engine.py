@@ -667,8 +667,11 @@ class Engine:
         providers: str = "cpu",
         intra_op_threads: int | None = None,
         max_elements: int = 1 << 28,
+        chunked_softmax: bool = True,
     ) -> None:
         self.max_elements = max_elements
+        # A long class dimension summed in chunks (graphs._LogSoftmax); False: whole rows.
+        self.chunked_softmax = chunked_softmax
         threads = intra_op_threads or sessions.usable_cpus()
         self._options = sessions.session_options(threads)
         requested = sessions.PROVIDERS[providers]
@@ -685,10 +688,10 @@ class Engine:
         for dtype in FLOAT_DTYPES:
             for rank in (2, 3):
                 for outs in _subsets(_SOFT_GRAPH_OUTPUTS):
-                    self._build(("soft", dtype, rank, outs, False))
+                    self._build(("soft", dtype, rank, outs, False, False))
             for label_dtype in INDEX_DTYPES:
                 for outs in _subsets(_SPARSE_GRAPH_OUTPUTS):
-                    self._build(("sparse", dtype, label_dtype, 2, outs, False))
+                    self._build(("sparse", dtype, label_dtype, 2, outs, False, False))
         in_use = {p for s in self._sessions.values() for p in s.get_providers()}
         self.providers: list[str] = [p for p in requested if p in in_use]
         self.intra_op_threads = threads
@@ -701,16 +704,23 @@ class Engine:
 
     def _build(self, key: GraphKey) -> sessions.InferenceSession:
         if key[0] == "soft":
-            _, dtype, rank, outs, weighted = key
-            model = graphs.soft_graph(dtype, rank, outs, weighted=weighted)  # type: ignore[arg-type]
+            _, dtype, rank, outs, weighted, chunked = key
+            model = graphs.soft_graph(
+                dtype,  # type: ignore[arg-type]
+                rank,  # type: ignore[arg-type]
+                outs,  # type: ignore[arg-type]
+                weighted=weighted,  # type: ignore[arg-type]
+                chunked=chunked,  # type: ignore[arg-type]
+            )
         else:
-            _, dtype, label_dtype, rank, outs, smoothed = key
+            _, dtype, label_dtype, rank, outs, smoothed, chunked = key
             model = graphs.sparse_graph(
                 dtype,  # type: ignore[arg-type]
                 label_dtype,  # type: ignore[arg-type]
                 outs,  # type: ignore[arg-type]
                 rank=rank,  # type: ignore[arg-type]
                 smoothed=smoothed,  # type: ignore[arg-type]
+                chunked=chunked,  # type: ignore[arg-type]
             )
         session = sessions.create_session(model, providers=self._loadable, options=self._options)
         self._nodes[key] = len(model.graph.node)
@@ -786,7 +796,8 @@ class Engine:
         block = s.block_rows * s.classes * s.block_inner
         ort = _ORT_ITEMSIZE[s.dtype]
         rank = 2 if s.rows_layout else 3
-        nodes = self._node_count(("soft", s.compute, rank, outs, _weighted(s.extras)))
+        chunked = self._chunks(s.compute, s.classes, s.rows_layout) is not None
+        nodes = self._node_count(("soft", s.compute, rank, outs, _weighted(s.extras), chunked))
         work = (ARENA_FACTOR * (nodes + KERNEL_SCRATCH) + NUMPY_BLOCKS) * block * ort
         if s.compute is not s.dtype:  # half gradients summed back: float32 accumulators
             for name, own in (("grad_logits", s.logits), ("grad_labels", s.labels)):
@@ -806,7 +817,8 @@ class Engine:
         if examples == 0 or not outs:
             return Plan(elements, output_bytes, _EXTRAS_BYTES * examples)
         rank = 2 if s.rows_layout else 3
-        key = ("sparse", s.compute, s.label_dtype, rank, outs, s.extras.eps != 0.0)
+        chunked = self._chunks(s.compute, s.classes, s.rows_layout) is not None
+        key = ("sparse", s.compute, s.label_dtype, rank, outs, s.extras.eps != 0.0, chunked)
         nodes = self._node_count(key)
         # a block of logits, or of int64 label indices where there is one class
         rows = s.block_rows * s.block_inner
@@ -815,6 +827,9 @@ class Engine:
         if s.extras.active:
             work += _EXTRAS_BYTES * examples
         return Plan(elements=elements, output_bytes=output_bytes, work_bytes=work)
+
+    def _chunks(self, compute: DType, classes: int, rows_layout: bool) -> np.ndarray | None:
+        return _chunks(compute, classes, rows_layout) if self.chunked_softmax else None
 
     def _node_count(self, key: GraphKey) -> int:
         self._session(key)
@@ -892,7 +907,13 @@ class Engine:
         outs = wanted - _WEIGHT_SUM
         grad_type = _ORT_NUMPY[s.dtype]
         rows_layout = s.rows_layout
-        session = self._session(("soft", s.compute, 2 if rows_layout else 3, outs, bool(constants)))
+        chunks = self._chunks(s.compute, classes, rows_layout)
+        rank = 2 if rows_layout else 3
+        session = self._session(
+            ("soft", s.compute, rank, outs, bool(constants), chunks is not None)
+        )
+        if chunks is not None:
+            constants = {**constants, "chunks": chunks}
         layout = (s.outer, classes) if rows_layout else (s.outer, classes, s.inner)
         per_example = grad_loss is not None and grad_loss.ndim > 0
         if grad_loss is None:
@@ -922,6 +943,8 @@ class Engine:
             sessions.run_bound(session, feeds, whole)
             return {n: a.reshape(s.loss_shape if n == "loss" else s.full) for n, a in whole.items()}
         y, x = _Source(labels, s), _Source(logits, s)
+        # The chunked weighted graph sums the weighted labels by chunk: they need every class.
+        label_classes = classes if chunks is not None and "keep_w" in constants else y.classes
         # Outputs are written in place where they can be: the loss, and the gradient of an
         # input of the full shape, block by block. A broadcast input's gradient is summed,
         # block by block, into an array of its own shape (in float32 for half types).
@@ -943,7 +966,7 @@ class Engine:
             for first in range(0, s.inner, s.block_inner):
                 cols = None if rows_layout else slice(first, min(s.inner, first + s.block_inner))
                 cut = rows if cols is None else (rows, slice(None), cols)
-                fy = y.block(rows, cols, y.classes, compute)
+                fy = y.block(rows, cols, label_classes, compute)
                 fx = x.block(rows, cols, classes, compute)
                 feeds = {"labels": fy, "logits": fx, **constants}
                 values: dict[str, np.ndarray] = {}
@@ -1089,7 +1112,12 @@ class Engine:
         outs = s.wanted - _WEIGHT_SUM
         rows_layout = s.rows_layout
         rank = 2 if rows_layout else 3
-        session = self._session(("sparse", s.compute, s.label_dtype, rank, outs, bool(constants)))
+        chunks = self._chunks(s.compute, s.classes, rows_layout)
+        session = self._session(
+            ("sparse", s.compute, s.label_dtype, rank, outs, bool(constants), chunks is not None)
+        )
+        if chunks is not None:
+            constants = {**constants, "chunks": chunks}
         lay = (s.outer,) if rows_layout else (s.outer, s.inner)
         layout = (s.outer, s.classes) if rows_layout else (s.outer, s.classes, s.inner)
         per = dict(examples)
@@ -1143,6 +1171,25 @@ _WEIGHT_SUM = frozenset({"weight_sum"})
 # What the options add per example at most (float64 each): sample weights broadcast, the
 # ignore mask, label weights, their product, the per-example loss and gradient scale.
 _EXTRAS_BYTES = 48
+
+
+# A class dimension longer than CHUNK_MAX is summed in chunks of CHUNK_MIN..CHUNK_MAX
+# classes (graphs._log_softmax), when its length has such a divisor; float64 needs none.
+CHUNK_MIN, CHUNK_MAX = 256, 2048
+
+
+@cache
+def _chunks(compute: DType, classes: int, rows_layout: bool) -> np.ndarray | None:
+    """The reshape of a block's class dimension into chunks, or None to sum it whole."""
+    if compute is DType.float64 or classes <= CHUNK_MAX:
+        return None
+    for size in range(CHUNK_MAX, CHUNK_MIN - 1, -1):
+        if classes % size == 0:
+            shape = [0, classes // size, size] + ([] if rows_layout else [-1])
+            chunks = np.array(shape, np.int64)
+            chunks.flags.writeable = False
+            return chunks
+    return None
 
 
 def _rescaled(extras: _Extras, wanted: frozenset[Output]) -> bool:

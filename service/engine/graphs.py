@@ -100,6 +100,82 @@ def _class_dims(rank: int) -> list[str]:
     return ["o", "c", *(["i"] if rank == 3 else [])]
 
 
+class _LogSoftmax:
+    """log softmax along the class axis, built as it is used; `chunked`: with float32 sums
+    that do not drift with the class count.
+
+    ONNX Runtime's LogSoftmax adds the row's exponentials up a few lanes at a time, so
+    that its float32 error grows with C (4e-6 relative on the loss at 128k classes,
+    against TensorFlow's 1.6e-7). Chunked, the row is viewed as ``k`` chunks of ``q``
+    classes (input ``chunks``: the reshape, [0, k, q] or [0, k, q, -1]); each chunk's
+    LogSoftmax sums only q terms, the chunks' log-sum-exps are combined in float64, and
+    each chunk's offset to the row's is added back: to every class (`full`), or only at
+    the labels (`at`, the sparse loss: no pass over the row). bench/options.py measures it.
+    """
+
+    def __init__(self, b: _Builder, logits: str, chunked: bool) -> None:
+        self.b, self.logits, self.chunked = b, logits, chunked
+        self._full: str | None = None
+        if not chunked:
+            # One fused kernel in ONNX Runtime (max, sum of exp, subtract).
+            self._full = b.node("LogSoftmax", [logits], "log_p", axis=CLASS_AXIS)
+            return
+        b.inputs.append(helper.make_tensor_value_info("chunks", TensorProto.INT64, ["r"]))
+        b.initializers += [
+            helper.make_tensor("first", TensorProto.INT64, [1], [0]),
+            helper.make_tensor("second", TensorProto.INT64, [1], [1]),
+            helper.make_tensor("chunk_axis", TensorProto.INT64, [1], [CLASS_AXIS + 1]),
+        ]
+        x = b.node("Reshape", [logits, "chunks"], "logits_chunked")
+        self.within = b.node("LogSoftmax", [x], "log_p_within", axis=CLASS_AXIS + 1)
+        # each chunk's log-sum-exp: any of its logits less its log-probability; the
+        # largest's, whose log-probability is the smallest in size (the fewest rounding
+        # errors: the first's would bring in |x_0 - max| ulps)
+        x0 = b.node("ReduceMax", [x, "chunk_axis"], "logit_top", keepdims=1)
+        p0 = b.node("ReduceMax", [self.within, "chunk_axis"], "log_p_top", keepdims=1)
+        lse = b.node(
+            "Cast", [b.node("Sub", [x0, p0], "chunk_lse")], "chunk_lse64", to=TensorProto.DOUBLE
+        )
+        total = b.node("ReduceLogSumExp", [lse, "class_axes"], "row_lse64", keepdims=1)
+        offset = b.node("Sub", [lse, total], "offset64")
+        self.offset = b.node("Cast", [offset], "offset", to=b.compute)  # [r, k, 1(, i)]
+
+    def full(self) -> str:
+        """log p of every class, in the logits' shape."""
+        if self._full is None:
+            b = self.b
+            shifted = b.node("Add", [self.within, self.offset], "log_p_chunked")
+            shape = b.node("Shape", [self.logits], "logits_shape")
+            self._full = b.node("Reshape", [shifted, shape], "log_p")
+        return self._full
+
+    def at(self, index: str) -> str:
+        """log p at `index` (class indices, the class axis kept as 1)."""
+        b = self.b
+        if not self.chunked or self._full is not None:
+            return b.node("GatherElements", [self.full(), index], "picked", axis=CLASS_AXIS)
+        shape = b.node("Shape", [self.logits], "logits_shape_at")
+        within = b.node("Reshape", [self.within, shape], "log_p_within_flat")
+        picked = b.node("GatherElements", [within, index], "picked_within", axis=CLASS_AXIS)
+        size = b.node("Gather", ["chunks", "chunk_axis"], "chunk_size")
+        chunk = b.node("Div", [index, size], "chunk_of_label")
+        offsets = b.node("Squeeze", [self.offset, "chunk_axis"], "offsets")
+        offset = b.node("GatherElements", [offsets, chunk], "picked_offset", axis=CLASS_AXIS)
+        return b.node("Add", [picked, offset], "picked")
+
+
+def _class_sum(b: _Builder, value: str, name: str, *, keepdims: int, chunked: bool) -> str:
+    """The sum along the class axis of `value` (of the logits' shape); chunked: per chunk,
+    then across the chunks in float64 (a whole-row float32 sum drifts with C, as above)."""
+    if not chunked:
+        return b.node("ReduceSum", [value, "class_axes"], name, keepdims=keepdims)
+    parts = b.node("Reshape", [value, "chunks"], f"{name}_chunked")
+    sums = b.node("ReduceSum", [parts, "chunk_axis"], f"{name}_chunks", keepdims=0)
+    wide = b.node("Cast", [sums], f"{name}_chunks64", to=TensorProto.DOUBLE)
+    total = b.node("ReduceSum", [wide, "class_axes"], f"{name}64", keepdims=keepdims)
+    return b.node("Cast", [total], name, to=b.compute)
+
+
 def _nan_rows(b: _Builder, log_p: str, softmax: str | None) -> str | None:
     """0 for each row, NaN for a row that TensorFlow makes NaN throughout; float64 only.
 
@@ -116,7 +192,12 @@ def _nan_rows(b: _Builder, log_p: str, softmax: str | None) -> str | None:
 
 
 def soft_graph(
-    dtype: DType, rank: int, outputs: Iterable[Output], *, weighted: bool = False
+    dtype: DType,
+    rank: int,
+    outputs: Iterable[Output],
+    *,
+    weighted: bool = False,
+    chunked: bool = False,
 ) -> onnx.ModelProto:
     """Loss and/or gradients of softmax cross entropy on a rows or planes layout.
 
@@ -138,8 +219,7 @@ def soft_graph(
     b = _Builder(dtype)
     labels = b.float_input("labels", _dims("l", rank))
     logits = b.float_input("logits", _dims("x", rank))
-    # LogSoftmax is one fused kernel in ONNX Runtime (max, sum of exp, subtract).
-    log_p = b.node("LogSoftmax", [logits], "log_p", axis=CLASS_AXIS)
+    log_p = _LogSoftmax(b, logits, chunked).full()
     target = labels
     if weighted:
         keep_w = b.compute_input("keep_w", _class_dims(rank))
@@ -148,7 +228,7 @@ def soft_graph(
         target = b.node("Add", [scaled, spread_w], "weighted_labels")
     if "loss" in wanted:
         weighted_log_p = b.node("Mul", [target, log_p], "weighted")
-        neg_loss = b.node("ReduceSum", [weighted_log_p, "class_axes"], "neg_loss", keepdims=0)
+        neg_loss = _class_sum(b, weighted_log_p, "neg_loss", keepdims=0, chunked=chunked)
         b.output("loss", b.node("Neg", [neg_loss], "loss_c"), _loss_dims(rank))
     if wanted & {"grad_logits", "grad_labels"}:
         grad_loss = b.compute_input("grad_loss", _dims("g", rank))
@@ -156,7 +236,7 @@ def soft_graph(
         nan_rows = _nan_rows(b, log_p, softmax)
         if softmax is not None:
             if weighted:
-                mass = b.node("ReduceSum", [target, "class_axes"], "target_mass", keepdims=1)
+                mass = _class_sum(b, target, "target_mass", keepdims=1, chunked=chunked)
                 softmax = b.node("Mul", [softmax, mass], "softmax_mass")
             # TensorFlow's fused kernel: softmax - labels, exact when labels do not sum to 1.
             diff = b.node("Sub", [softmax, target], "softmax_minus_labels")
@@ -170,7 +250,7 @@ def soft_graph(
             if nan_rows is not None:
                 log_p = b.node("Add", [log_p, nan_rows], "log_p_nan_rows")
             b.output("grad_labels", b.node("Mul", [neg_grad, log_p], "gl"), _dims("d", rank))
-    kind = "weighted_" if weighted else ""
+    kind = ("weighted_" if weighted else "") + ("chunked_" if chunked else "")
     return b.model(f"softmax_xent_{kind}{dtype.name}_r{rank}")
 
 
@@ -181,6 +261,7 @@ def sparse_graph(
     *,
     rank: int = 2,
     smoothed: bool = False,
+    chunked: bool = False,
 ) -> onnx.ModelProto:
     """Loss and/or grad_logits of sparse softmax cross entropy on ``[N, C]`` logits (rank
     2) or ``[outer, C, inner]`` (rank 3).
@@ -201,7 +282,9 @@ def sparse_graph(
     per_example = _loss_dims(rank)
     labels = b.index_input("labels", label_dtype, per_example)
     logits = b.float_input("logits", _dims("d", rank))
-    log_p = b.node("LogSoftmax", [logits], "log_p", axis=CLASS_AXIS)
+    log_softmax = _LogSoftmax(b, logits, chunked)
+    if "grad_logits" in wanted or smoothed:
+        log_softmax.full()  # used whole: the offsets added once, to every class
     index = b.node("Unsqueeze", [labels, "class_axes"], "index")
     if smoothed:
         keep_w_y = b.node(
@@ -209,16 +292,17 @@ def sparse_graph(
         )
         spread_w = b.compute_input("spread_w", _class_dims(rank))
     if "loss" in wanted:
-        picked = b.node("GatherElements", [log_p, index], "picked", axis=CLASS_AXIS)
+        picked = log_softmax.at(index)
         if smoothed:
             picked = b.node("Mul", [picked, keep_w_y], "picked_keep")
-            spread = b.node("Mul", [log_p, spread_w], "log_p_spread")
-            total = b.node("ReduceSum", [spread, "class_axes"], "spread_sum", keepdims=1)
+            spread = b.node("Mul", [log_softmax.full(), spread_w], "log_p_spread")
+            total = _class_sum(b, spread, "spread_sum", keepdims=1, chunked=chunked)
             picked = b.node("Add", [picked, total], "picked_total")
         neg_loss = b.node("Squeeze", [picked, "class_axes"], "neg_loss")
         b.output("loss", b.node("Neg", [neg_loss], "loss_c"), per_example)
     if "grad_logits" in wanted:
         grad_loss = b.compute_input("grad_loss", ["g"] * (rank - 1))
+        log_p = log_softmax.full()
         softmax = b.node("Exp", [log_p], "softmax")
         nan_rows = _nan_rows(b, log_p, softmax)
         if nan_rows is not None:
@@ -240,5 +324,5 @@ def sparse_graph(
         )
         scale = b.node("Unsqueeze", [grad_loss, "class_axes"], "grad_loss_col")
         b.output("grad_logits", b.node("Mul", [diff, scale], "gx"), _dims("d", rank))
-    kind = "smoothed_" if smoothed else ""
+    kind = ("smoothed_" if smoothed else "") + ("chunked_" if chunked else "")
     return b.model(f"sparse_softmax_xent_{kind}{dtype.name}_{label_dtype.name}_r{rank}")

@@ -442,3 +442,95 @@ def test_option_graphs_are_built_on_first_use_only() -> None:
     engine.softmax_cross_entropy(labels=Y, logits=X, options=Options(label_smoothing=0.1))
     engine.softmax_cross_entropy(labels=Y, logits=X, options=Options(label_smoothing=0.2))
     assert len(engine._sessions) == built + 1
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16", "bfloat16"])
+@pytest.mark.parametrize(
+    ("shape", "dim", "labels_shape"),
+    [
+        ((3, 2560), -1, None),  # rows: 2 chunks of 1280 classes
+        ((2, 2560, 3), 1, None),  # planes: the chunk axis before the inner one
+        ((3, 2560), -1, (3, 1)),  # labels broadcast along the classes
+        ((3, 2560), -1, (1, 2560)),
+        ((3, 2053), -1, None),  # a prime class count: whole rows
+    ],
+)
+@pytest.mark.parametrize("block", [4 << 20, 1])
+def test_chunked_class_sums_match_reference(
+    engine: Engine,
+    rng: np.random.Generator,
+    monkeypatch: pytest.MonkeyPatch,
+    dtype: str,
+    shape: tuple[int, ...],
+    dim: int,
+    labels_shape: tuple[int, ...] | None,
+    block: int,
+) -> None:
+    """More than 2048 classes take the chunked graphs, every output and option, in whole
+    blocks or one class column at a time."""
+    monkeypatch.setattr(engine_module, "BLOCK_BYTES", block)
+    classes = shape[dim]
+    logits = rng.standard_normal(shape).astype(NUMPY[dtype])
+    labels = random_distribution(rng, labels_shape or shape, dim)
+    if labels.shape[dim] == 1:  # one label for every class: a distribution still
+        labels /= classes
+    labels = labels.astype(NUMPY[dtype])
+    loss_shape = shape[: dim % len(shape)] + shape[dim % len(shape) + 1 :]
+    targets = rng.integers(0, classes, loss_shape)
+    targets.flat[0] = -100
+    for reduction, (use_class, use_sample, eps) in itertools.product(["none", "mean"], COMBOS):
+        cw = _weights(rng, (classes,), dtype) if use_class else None
+        sw = _weights(rng, loss_shape, dtype) if use_sample else None
+        options = Options(reduction, eps)
+        for sparse, outputs in ((False, _outputs(False, reduction)), (True, ["loss"])):
+            sparse_options = Options(reduction, eps, -100)
+            kwargs = {"class_weights": cw, "sample_weights": sw}
+            if sparse:
+                for outs in (outputs, _outputs(True, reduction)):
+                    result = engine.sparse_softmax_cross_entropy(
+                        labels=targets,
+                        logits=logits,
+                        dim=dim,
+                        outputs=outs,
+                        options=sparse_options,
+                        **kwargs,
+                    )
+                    expected = xent_with_options(
+                        targets,
+                        logits,
+                        sparse=True,
+                        dim=dim,
+                        reduction=reduction,
+                        label_smoothing=eps,
+                        ignore_index=-100,
+                        **kwargs,
+                    )
+                    _compare(result, expected, dtype, f"sparse {outs} {options}")
+            else:
+                result = engine.softmax_cross_entropy(
+                    labels=labels,
+                    logits=logits,
+                    dim=dim,
+                    outputs=outputs,
+                    options=options,
+                    **kwargs,
+                )
+                expected = xent_with_options(
+                    labels,
+                    logits,
+                    sparse=False,
+                    dim=dim,
+                    reduction=reduction,
+                    label_smoothing=eps,
+                    **kwargs,
+                )
+                _compare(result, expected, dtype, f"soft {options} cw={use_class}")
+
+
+def test_chunked_softmax_can_be_turned_off(rng: np.random.Generator) -> None:
+    whole = Engine(chunked_softmax=False)
+    logits = rng.standard_normal((2, 4096)).astype(np.float32)
+    labels = random_distribution(rng, (2, 4096), -1).astype(np.float32)
+    result = whole.softmax_cross_entropy(labels=labels, logits=logits)
+    assert_close(result.loss, xent_with_options(labels, logits, sparse=False)["loss"], "float32")
+    assert not any(key[-1] for key in whole._sessions)  # no chunked graph was built
