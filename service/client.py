@@ -8,11 +8,18 @@ Retry-After, and takes connect/read timeouts.
     with Client("http://127.0.0.1:8000") as client:
         out = client.softmax_cross_entropy(labels=y, logits=x, outputs=["loss", "grad_logits"])
         out["loss"], out["grad_logits"]
+        # an evaluation batch: the summed loss and its weight, to combine batches exactly
+        out = client.sparse_softmax_cross_entropy(
+            labels=tokens, logits=x, ignore_index=-100, reduction="sum",
+            outputs=["loss", "weight_sum"],
+        )
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import operator
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Literal, Self
@@ -22,7 +29,7 @@ import numpy as np
 import urllib3
 
 from service.codecs import safetensors, v2
-from service.engine.types import SOFT_OP, SPARSE_OP, DType
+from service.engine.types import DEFAULT_OPTIONS, SOFT_OP, SPARSE_OP, DType, Options
 
 Transport = Literal["safetensors", "v2"]
 
@@ -98,35 +105,69 @@ class Client:
         dim: int = -1,
         grad_loss: np.ndarray | None = None,
         outputs: Sequence[str] = ("loss",),
+        reduction: str = "none",
+        label_smoothing: float = 0.0,
+        class_weights: np.ndarray | None = None,
+        sample_weights: np.ndarray | None = None,
     ) -> dict[str, np.ndarray]:
-        """tf.nn.softmax_cross_entropy_with_logits_v2 on the server; the requested outputs."""
-        return self._call(SOFT_OP, labels, logits, grad_loss, outputs, dim)
+        """tf.nn.softmax_cross_entropy_with_logits_v2 on the server; the requested outputs.
+
+        `reduction` "sum" or "mean" makes the loss a scalar (and `grad_loss` one); the output
+        "weight_sum" (float64) is then the mean's denominator. `class_weights` has shape [C],
+        `sample_weights` broadcasts to the per-example loss; `label_smoothing` is eps in
+        [0, 1]. Weights are sent in their own float dtype.
+        """
+        optional = {"grad_loss": grad_loss, "class_weights": class_weights}
+        optional["sample_weights"] = sample_weights
+        options = Options(reduction, float(label_smoothing))
+        return self._call(SOFT_OP, labels, logits, optional, outputs, dim, options)
 
     def sparse_softmax_cross_entropy(
         self,
         *,
         labels: np.ndarray,
         logits: np.ndarray,
+        dim: int = -1,
         grad_loss: np.ndarray | None = None,
         outputs: Sequence[str] = ("loss",),
+        reduction: str = "none",
+        label_smoothing: float = 0.0,
+        class_weights: np.ndarray | None = None,
+        sample_weights: np.ndarray | None = None,
+        ignore_index: int | None = None,
     ) -> dict[str, np.ndarray]:
-        """tf.nn.sparse_softmax_cross_entropy_with_logits on the server."""
-        return self._call(SPARSE_OP, labels, logits, grad_loss, outputs, None)
+        """tf.nn.sparse_softmax_cross_entropy_with_logits on the server, with the options of
+        `softmax_cross_entropy` and `ignore_index`: a label value (e.g. -100) whose positions
+        get loss 0 and zero gradients and count nowhere in the mean. `dim` is the class
+        dimension of the logits (labels have their shape without it)."""
+        optional = {"grad_loss": grad_loss, "class_weights": class_weights}
+        optional["sample_weights"] = sample_weights
+        index = None if ignore_index is None else operator.index(ignore_index)
+        options = Options(reduction, float(label_smoothing), index)
+        return self._call(SPARSE_OP, labels, logits, optional, outputs, dim, options)
 
     def _call(
         self,
         model: str,
         labels: np.ndarray,
         logits: np.ndarray,
-        grad_loss: np.ndarray | None,
+        optional: dict[str, np.ndarray | None],
         outputs: Sequence[str],
-        dim: int | None,
+        dim: int,
+        options: Options,
     ) -> dict[str, np.ndarray]:
-        tensors = {"labels": labels, "logits": logits, "grad_loss": grad_loss}
-        arrays = {n: np.ascontiguousarray(a) for n, a in tensors.items() if a is not None}
+        tensors = {"labels": labels, "logits": logits, **optional}
+        # C order; np.ascontiguousarray would make a scalar (grad_loss of a reduction) 1-d
+        arrays = {n: np.asarray(a, order="C") for n, a in tensors.items() if a is not None}
+        # Only what differs from the defaults travels, so that plain calls stay as they were.
+        parameters: dict[str, str | float | int] = {} if dim == -1 else {"dim": dim}
+        for field in dataclasses.fields(Options):
+            value = getattr(options, field.name)
+            if value != getattr(DEFAULT_OPTIONS, field.name):
+                parameters[field.name] = value
         if self.transport == "v2":
-            return self._call_v2(model, arrays, outputs, dim)
-        fields = {"outputs": ",".join(outputs), **({"dim": str(dim)} if dim is not None else {})}
+            return self._call_v2(model, arrays, outputs, parameters)
+        fields = {"outputs": ",".join(outputs), **{k: str(v) for k, v in parameters.items()}}
         response = self._request(
             "POST",
             f"/v1/{model}",
@@ -137,7 +178,11 @@ class Client:
         return safetensors.decode(response.data)
 
     def _call_v2(
-        self, model: str, arrays: dict[str, np.ndarray], outputs: Sequence[str], dim: int | None
+        self,
+        model: str,
+        arrays: dict[str, np.ndarray],
+        outputs: Sequence[str],
+        parameters: dict[str, str | float | int],
     ) -> dict[str, np.ndarray]:
         inputs = []
         for name, array in arrays.items():
@@ -155,7 +200,7 @@ class Client:
         request = {
             "inputs": inputs,
             "outputs": [{"name": o, "parameters": {"binary_data": True}} for o in outputs],
-            **({"parameters": {"dim": dim}} if dim is not None else {}),
+            **({"parameters": parameters} if parameters else {}),
         }
         header = json.dumps(request).encode()
         body = b"".join([header, *(a.reshape(-1).view(np.uint8).data for a in arrays.values())])

@@ -11,19 +11,22 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictBool,
+    StrictFloat,
     StrictInt,
     WithJsonSchema,
     model_validator,
 )
+from pydantic.json_schema import SkipJsonSchema
 from pydantic_core import PydanticCustomError
 
 from service.codecs.shapes import listed
-from service.codecs.text import some, valid_unicode
+from service.codecs.text import json_value, some, valid_unicode
 
 FloatDType = Literal["float16", "bfloat16", "float32", "float64"]
 IndexDType = Literal["int32", "int64"]
-SoftOutput = Literal["loss", "grad_logits", "grad_labels"]
-SparseOutput = Literal["loss", "grad_logits"]
+SoftOutput = Literal["loss", "grad_logits", "grad_labels", "weight_sum"]
+SparseOutput = Literal["loss", "grad_logits", "weight_sum"]
+Reduction = Literal["none", "sum", "mean"]
 
 
 Shape = Annotated[Annotated[list[StrictInt], Field(fail_fast=True)], BeforeValidator(listed)]
@@ -62,7 +65,7 @@ MAX_UNKNOWN_LISTED = 3
 def _few_unknown(data: object, fields: Collection[str], where: str = "") -> None:
     """One error for many unknown members rather than one each: a body of a million
     unknown members would otherwise cost seconds and megabytes of error text."""
-    if isinstance(data, dict) and len(data) > len(fields) + MAX_UNKNOWN_LISTED:
+    if isinstance(data, dict) and len(data) > MAX_UNKNOWN_LISTED:
         unknown = [key for key in data if key not in fields]
         if len(unknown) > MAX_UNKNOWN_LISTED:
             raise PydanticCustomError(
@@ -84,10 +87,59 @@ def _valid_keys(parameters: object, where: str) -> None:
         )
 
 
+def _json_number(value: object) -> object:
+    """A JSON number as it is (the engine judges its range); a bool or string refused here."""
+    if type(value) in (int, float):
+        return value
+    raise PydanticCustomError(
+        "float_type", "must be a JSON number in [0, 1]; got {got}", {"got": json_value(value)}
+    )
+
+
+# A JSON number (an integer too), not a bool or a numeric string.
+JsonNumber = Annotated[StrictFloat, BeforeValidator(_json_number)]
+
+
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    labels: TensorData = Field(description="Labels.")  # each op says which
     logits: TensorData = Field(description="Unscaled log probabilities.")
+    dim: StrictInt | None = Field(None, description="Class dimension (default -1).")
+    axis: StrictInt | None = Field(
+        None, description="TensorFlow 2's name for `dim`; both given and different is a 422."
+    )
+    dtype: FloatDType = Field(
+        "float32", description="Of logits, grad_loss, the weights and soft labels."
+    )
+    reduction: Reduction = Field(
+        "none",
+        description=(
+            "`none`: the per-example loss (TensorFlow's op). `sum`: sum_n loss_n, a scalar. "
+            "`mean`: that sum over weight_sum, which is sum_n s_n for soft labels, and "
+            "sum_n s_n w_{y_n} over the positions not ignored for integer labels. Gradients "
+            "are then those of the scalar."
+        ),
+    )
+    label_smoothing: JsonNumber = Field(
+        0.0,
+        description=(
+            "eps in [0, 1]: soft labels become y (1 - eps) + eps / C; integer labels give "
+            "(1 - eps) NLL + (eps / C) sum_c (-w_c log p_c) (PyTorch)."
+        ),
+        json_schema_extra={"minimum": 0, "maximum": 1},
+    )
+    class_weights: TensorData | None = Field(
+        None,
+        description="Shape [C]: w_c multiplies class c's term of the loss (PyTorch `weight`).",
+    )
+    sample_weights: TensorData | None = Field(
+        None,
+        description=(
+            "Broadcastable to the per-example loss's shape: s_n multiplies example n's loss "
+            "(Keras `sample_weight`)."
+        ),
+    )
     name: str | None = Field(None, max_length=256, description="Echoed in the response.")
 
     @model_validator(mode="before")
@@ -97,8 +149,16 @@ class _Request(BaseModel):
         return data
 
 
+OUTPUTS_TEXT = (
+    "Outputs to compute (only these are). `weight_sum` (float64, a scalar) is the mean's "
+    "denominator, with reduction sum or mean: the dataset mean is the sum of the batches' "
+    "summed losses over the sum of their weight_sum."
+)
+
+
 class LossRequest(_Request):
-    """Arguments of tf.nn.softmax_cross_entropy_with_logits_v2, by name."""
+    """Arguments of tf.nn.softmax_cross_entropy_with_logits_v2, by name, and the
+    evaluation options (reduction, weights, label smoothing)."""
 
     model_config = ConfigDict(
         json_schema_extra={
@@ -110,7 +170,15 @@ class LossRequest(_Request):
                     "dtype": "float32",
                     "outputs": ["loss", "grad_logits"],
                     "name": "eval-step-42",
-                }
+                },
+                {
+                    "labels": [[0.0, 1.0], [0.5, 0.5]],
+                    "logits": [[2.0, -1.0], [0.3, 0.1]],
+                    "reduction": "mean",
+                    "class_weights": [1.0, 2.0],
+                    "label_smoothing": 0.1,
+                    "outputs": ["loss", "weight_sum"],
+                },
             ]
         }
     )
@@ -118,36 +186,64 @@ class LossRequest(_Request):
     labels: TensorData = Field(
         description="A probability distribution along `dim`; broadcasts against logits."
     )
-    dim: StrictInt | None = Field(None, description="Class dimension (default -1).")
-    axis: StrictInt | None = Field(
-        None, description="TensorFlow 2's name for `dim`; both given and different is a 422."
-    )
-    dtype: FloatDType = "float32"
     outputs: list[SoftOutput] = Field(
-        default_factory=lambda: list[SoftOutput](["loss"]), min_length=1, fail_fast=True
+        default_factory=lambda: list[SoftOutput](["loss"]),
+        min_length=1,
+        fail_fast=True,
+        description=OUTPUTS_TEXT,
     )
     grad_loss: TensorData | None = Field(
-        None, description="Upstream gradient, the loss's shape (default ones)."
+        None,
+        description="Upstream gradient: the loss's shape, a scalar with reduction sum or mean "
+        "(default ones).",
     )
+    # Integer labels only: taken so that the engine refuses it with its reason (an
+    # unknown-member error would not say why); not in the schema, which stays honest.
+    ignore_index: SkipJsonSchema[Any] = Field(None, exclude=True)
 
 
 class SparseLossRequest(_Request):
-    """Arguments of tf.nn.sparse_softmax_cross_entropy_with_logits, by name."""
+    """Arguments of tf.nn.sparse_softmax_cross_entropy_with_logits, by name, and the
+    evaluation options (reduction, weights, ignore_index, label smoothing)."""
 
     model_config = ConfigDict(
-        json_schema_extra={"examples": [{"labels": [1, 0], "logits": [[2.0, -1.0], [0.3, 0.1]]}]}
+        json_schema_extra={
+            "examples": [
+                {"labels": [1, 0], "logits": [[2.0, -1.0], [0.3, 0.1]]},
+                {
+                    "labels": [[1, 2, -100]],
+                    "logits": [[[2.0, -1.0, 0.5], [0.3, 0.1, 0.2], [0.0, 0.0, 0.0]]],
+                    "reduction": "mean",
+                    "ignore_index": -100,
+                    "label_smoothing": 0.1,
+                    "outputs": ["loss", "weight_sum"],
+                    "name": "eval-batch-7",
+                },
+            ]
+        }
     )
 
     labels: TensorData = Field(
-        description="Class indices in [0, C), the logits' shape without the last dimension."
+        description="Class indices in [0, C) (or ignore_index), the logits' shape without `dim`."
     )
-    dtype: FloatDType = "float32"
     labels_dtype: IndexDType = "int64"
     outputs: list[SparseOutput] = Field(
-        default_factory=lambda: list[SparseOutput](["loss"]), min_length=1, fail_fast=True
+        default_factory=lambda: list[SparseOutput](["loss"]),
+        min_length=1,
+        fail_fast=True,
+        description=OUTPUTS_TEXT,
     )
     grad_loss: TensorData | None = Field(
-        None, description="Upstream gradient, the labels' shape (default ones)."
+        None,
+        description="Upstream gradient: the labels' shape, a scalar with reduction sum or mean "
+        "(default ones).",
+    )
+    ignore_index: StrictInt | None = Field(
+        None,
+        description=(
+            "A label value (e.g. -100) whose positions get loss 0 and zero gradients and "
+            "count nowhere in the mean; no default, so labels outside [0, C) are a 422."
+        ),
     )
 
 
@@ -164,6 +260,9 @@ class LossResponse(BaseModel):
     loss: TensorOut | None = None
     grad_logits: TensorOut | None = None
     grad_labels: TensorOut | None = None
+    weight_sum: TensorOut | None = Field(
+        None, description="float64 whatever `dtype` says; shape []."
+    )
 
 
 class ErrorDetail(BaseModel):
@@ -187,6 +286,9 @@ class InferParameters(_V2Model):
     binary_data_output: StrictBool | None = None
     dim: StrictInt | None = None
     axis: StrictInt | None = None
+    reduction: Text | None = Field(None, description="none (default), sum or mean")
+    label_smoothing: JsonNumber | None = Field(None, description="eps in [0, 1] (default 0)")
+    ignore_index: StrictInt | None = Field(None, description="sparse model: a label to skip")
 
 
 class RequestInput(BaseModel):
@@ -221,7 +323,21 @@ class InferenceRequest(BaseModel):
                         {"name": "logits", "shape": [1, 2], "datatype": "FP32", "data": [2, -1]},
                     ],
                     "outputs": [{"name": "loss"}],
-                }
+                },
+                {
+                    "id": "eval-batch-7",
+                    "parameters": {"reduction": "sum", "ignore_index": -100},
+                    "inputs": [
+                        {"name": "labels", "shape": [3], "datatype": "INT64", "data": [1, 0, -100]},
+                        {
+                            "name": "logits",
+                            "shape": [3, 2],
+                            "datatype": "FP32",
+                            "data": [2, -1, 0.3, 0.1, 0, 0],
+                        },
+                    ],
+                    "outputs": [{"name": "loss"}, {"name": "weight_sum"}],
+                },
             ]
         },
     )

@@ -50,6 +50,7 @@ def _safetensors(header: Mapping[str, object], data: bytes) -> bytes:
 def _st(tensors: dict[str, np.ndarray]) -> bytes:
     header, offset = {}, 0
     names = {np.dtype(np.float32): "F32", np.dtype(np.float64): "F64", np.dtype(np.int8): "I8"}
+    names[np.dtype(np.int64)] = "I64"
     for name, array in tensors.items():
         header[name] = {
             "dtype": names[array.dtype],
@@ -93,6 +94,7 @@ def _nested(depth: int) -> object:
 def cases() -> list[Case]:
     a = np.ones((2, 3), np.float32)
     good_st = _st({"labels": a, "logits": a})
+    sparse_st = _st({"labels": np.zeros(2, np.int64), "logits": a})
     bomb = gzip.compress(b"0" * (4 * LIMIT_BYTES), compresslevel=9)
     v2_bin_short, h_short = _v2_binary(8, 4, [2])
     v2_bin_long, h_long = _v2_binary(8, 16, [2])
@@ -327,11 +329,19 @@ def cases() -> list[Case]:
             JSON,
         ),
         Case(
-            "v1 sparse dim",
+            "v1 sparse dim disagreeing with its labels",
             SPARSE,
-            _j({"labels": [0], "logits": [[0.0]], "dim": 0}),
+            _j({"labels": [0], "logits": [[0.0, 0.0]], "dim": 0}),
             422,
-            "dim",
+            "class dimension (dim 0)",
+            JSON,
+        ),
+        Case(
+            "v1 sparse dim out of range",
+            SPARSE,
+            _j({"labels": [0], "logits": [[0.0]], "dim": 5}),
+            422,
+            "out of range",
             JSON,
         ),
         # --- v1 transport
@@ -441,7 +451,11 @@ def cases() -> list[Case]:
         Case("st bad outputs query", SOFT + "?outputs=loss,probs", good_st, 422, "outputs", ST),
         Case("st dim not an int", SOFT + "?dim=last", good_st, 422, "dim", ST),
         Case("st name too long", SOFT + "?name=" + "n" * 257, good_st, 422, "name", ST),
-        Case("sparse with a dim query", SPARSE + "?dim=0", good_st, 422, "no dim", ST),
+        Case("st sparse dim out of range", SPARSE + "?dim=2", sparse_st, 422, "out of range", ST),
+        Case("st label_smoothing nan", SOFT + "?label_smoothing=nan", good_st, 422, "decimal", ST),
+        Case(
+            "st ignore_index a float", SPARSE + "?ignore_index=1.5", sparse_st, 422, "integer", ST
+        ),
         # --- v2
         Case("v2 empty body", INFER, b"", 400, "empty"),
         Case("v2 not JSON", INFER, b"\x00garbage", 400, "JSON"),
@@ -661,6 +675,35 @@ def _strict_cases() -> list[Case]:
             _v2([_t(), _t("logits")], parameters={"dim": -1.0}),
             422,
             "JSON integer; got -1.0",
+        ),
+        Case(
+            "v2 label_smoothing true",
+            INFER,
+            _v2([_t(), _t("logits")], parameters={"label_smoothing": True}),
+            422,
+            "label_smoothing",
+        ),
+        Case(
+            "v2 ignore_index a numeric string",
+            INFER,
+            _v2([_t(), _t("logits")], parameters={"ignore_index": "-100"}),
+            422,
+            "ignore_index must be a JSON integer",
+        ),
+        Case(
+            "v2 reduction unknown",
+            INFER,
+            _v2([_t(), _t("logits")], parameters={"reduction": "avg"}),
+            422,
+            "reduction must be one of none, sum, mean",
+        ),
+        Case(
+            "v1 label_smoothing a string",
+            SOFT,
+            _soft(label_smoothing="0.1"),
+            422,
+            "must be a JSON number",
+            JSON,
         ),
         Case(
             "v2 axis a numeric string",

@@ -113,8 +113,7 @@ def test_client_times_out(stub: tuple[ThreadingHTTPServer, str]) -> None:
     assert time.monotonic() - start < 2.5
 
 
-def test_example_evaluates_a_dataset(server_url: str, tmp_path: Path) -> None:
-    data = tmp_path / "data.npz"
+def _run_example(server_url: str, data: Path, *extra: str) -> tuple[dict[str, float], str]:
     result = subprocess.run(
         [
             sys.executable,
@@ -129,14 +128,77 @@ def test_example_evaluates_a_dataset(server_url: str, tmp_path: Path) -> None:
             "10",
             "--batch",
             "512",
+            *extra,
         ],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
+    lines = [line.rsplit(":", 1) for line in result.stdout.strip().splitlines()]
+    return {key: float(value) for key, value in lines}, result.stderr
+
+
+def test_example_evaluates_a_dataset(server_url: str, tmp_path: Path) -> None:
+    data = tmp_path / "data.npz"
+    reported, stderr = _run_example(server_url, data)
     arrays = np.load(data)
     expected = softmax_xent(arrays["labels"], arrays["logits"])["loss"].mean()
-    reported = float(result.stdout.strip().rsplit(":", 1)[1])
-    assert reported == pytest.approx(expected, rel=1e-5)
-    assert "batch" in result.stderr  # the progress bar
+    assert reported["mean loss over 3000 samples"] == pytest.approx(expected, rel=1e-5)
+    assert reported["perplexity"] == pytest.approx(np.exp(expected), rel=1e-5)
+    assert "batch" in stderr  # the progress bar
+
+
+def test_example_evaluates_integer_labels_with_padding(server_url: str, tmp_path: Path) -> None:
+    data = tmp_path / "data.npz"
+    reported, _ = _run_example(server_url, data, "--sparse", "--transport", "v2")
+    arrays = np.load(data)
+    tokens, logits = arrays["tokens"], arrays["logits"].astype(np.float64)
+    kept = tokens != -100
+    assert 0 < kept.sum() < len(tokens)  # the dataset holds padding
+    log_p = logits - np.log(np.exp(logits).sum(-1, keepdims=True))
+    expected = -log_p[kept, tokens[kept]].mean()
+    assert reported[f"mean loss over {kept.sum()} labelled positions"] == pytest.approx(
+        expected, rel=1e-5
+    )
+    assert reported["perplexity"] == pytest.approx(np.exp(expected), rel=1e-5)
+
+
+@pytest.mark.parametrize("transport", ["safetensors", "v2"])
+def test_client_evaluation_options(server_url: str, transport: str) -> None:
+    logits = np.array([[[0.0, 1.0, 2.0], [2.0, 0.0, 0.0]]], np.float32)  # [N, C, T], C = 2
+    labels = np.array([[1, -100, 0]])
+    with Client(server_url, transport=transport) as client:  # type: ignore[arg-type]
+        out = client.sparse_softmax_cross_entropy(
+            labels=labels,
+            logits=logits,
+            dim=1,
+            ignore_index=-100,
+            reduction="sum",
+            grad_loss=np.array(3.0, np.float32),
+            class_weights=np.array([1.0, 0.5]),  # float64 beside float32 logits: taken
+            outputs=["loss", "grad_logits", "weight_sum"],
+        )
+        assert out["loss"].shape == () and out["loss"].dtype == np.float32
+        assert out["weight_sum"].dtype == np.float64 and out["weight_sum"] == 1.5
+        x = logits[0].T.astype(np.float64)  # [T, C]
+        log_p = x - np.log(np.exp(x).sum(-1, keepdims=True))
+        expected = -0.5 * log_p[0, 1] - 1.0 * log_p[2, 0]
+        np.testing.assert_allclose(out["loss"], expected, rtol=1e-6)
+        assert out["grad_logits"].shape == (1, 2, 3)
+        np.testing.assert_array_equal(out["grad_logits"][0, :, 1], [0.0, 0.0])  # ignored
+        soft = client.softmax_cross_entropy(
+            labels=np.array([[0.0, 1.0]]),
+            logits=np.array([[0.0, 0.0]]),
+            reduction="mean",
+            label_smoothing=0.5,
+            sample_weights=np.array([2.0]),
+            outputs=["loss", "weight_sum"],
+        )
+        np.testing.assert_allclose(soft["loss"], np.log(2.0), rtol=1e-12)
+        assert soft["weight_sum"] == 2.0
+        with pytest.raises(ServiceError) as info:
+            client.softmax_cross_entropy(
+                labels=np.ones((1, 2)), logits=np.ones((1, 2)), label_smoothing=2
+            )
+        assert info.value.status == 422 and "label_smoothing" in info.value.message

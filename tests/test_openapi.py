@@ -39,6 +39,21 @@ def test_every_operation_is_named_tagged_and_documents_its_errors() -> None:
     schemas = spec["components"]["schemas"]
     for model in ("LossRequest", "SparseLossRequest", "InferenceRequest"):
         assert schemas[model].get("examples"), model
+    # the evaluation options are documented on every transport (issue 13)
+    for model in ("LossRequest", "SparseLossRequest"):
+        members = schemas[model]["properties"]
+        options = {"reduction", "label_smoothing", "class_weights", "sample_weights"}
+        assert options <= set(members), model
+        assert "weight_sum" in members["outputs"]["items"]["enum"], model
+    assert "ignore_index" in schemas["SparseLossRequest"]["properties"]
+    assert "ignore_index" not in schemas["LossRequest"]["properties"]  # integer labels only
+    assert {"reduction", "label_smoothing", "ignore_index"} <= set(
+        schemas["InferParameters"]["properties"]
+    )
+    sparse_query = spec["paths"]["/v1/sparse_softmax_cross_entropy_with_logits"]["post"]
+    assert {"dim", "reduction", "label_smoothing", "ignore_index"} <= {
+        parameter["name"] for parameter in sparse_query["parameters"]
+    }
     assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
 
 
@@ -85,6 +100,22 @@ def test_generated_client_calls_the_live_server(
     assert isinstance(response, models.LossResponse), response
     assert response.loss.shape == [3]
     assert_close(np.array(response.loss.data), softmax_xent(labels, logits)["loss"], "float64")
+
+    reduced = api.sync(
+        client=client,
+        body=models.LossRequest(
+            labels=labels.tolist(),
+            logits=logits.tolist(),
+            dtype=models.LossRequestDtype.FLOAT64,
+            reduction=models.LossRequestReduction.MEAN,
+            label_smoothing=0.0,
+            outputs=[models.LossRequestOutputsItem.LOSS, models.LossRequestOutputsItem.WEIGHT_SUM],
+        ),
+    )
+    assert isinstance(reduced, models.LossResponse), reduced
+    assert reduced.loss.shape == [] and reduced.weight_sum.data == 3.0
+    expected = softmax_xent(labels, logits)["loss"].mean()
+    assert_close(np.array(reduced.loss.data), expected, "float64")
 
     bad = api.sync(
         client=client, body=models.LossRequest(labels=[1.0, 0.0], logits=[1.0, 2.0, 3.0])

@@ -44,7 +44,8 @@ def test_health_and_metadata(client: triton.InferenceServerClient) -> None:
     assert "binary_tensor_data" in server["extensions"]
     assert server["providers"] == ["CPUExecutionProvider"]
     meta = client.get_model_metadata(SOFT)
-    assert [t["name"] for t in meta["outputs"]] == ["loss", "grad_logits", "grad_labels"]
+    outputs = ["loss", "grad_logits", "grad_labels", "weight_sum"]
+    assert [t["name"] for t in meta["outputs"]] == outputs
     with pytest.raises(InferenceServerException, match="unknown model"):
         client.get_model_metadata("no_such_model")
 

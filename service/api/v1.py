@@ -1,8 +1,8 @@
 """The native API: named arguments in, the requested outputs out.
 
-Bodies are JSON (arguments in the object) or safetensors (tensors in the body,
-`dim`, `outputs` and `name` in the query string); the response is JSON, or
-safetensors when the client sends `Accept: application/x-safetensors`.
+Bodies are JSON (arguments in the object) or safetensors (tensors in the body; `dim`,
+`outputs`, `name` and the scalar evaluation options in the query string); the response
+is JSON, or safetensors when the client sends `Accept: application/x-safetensors`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,15 @@ from service.api.routing import DirectRoute
 from service.codecs import json_document, json_tensor, safetensors, text
 from service.codecs.json_document import JsonTensor
 from service.engine.engine import LossResult
-from service.engine.types import SOFT_OP, SPARSE_OP, DType
+from service.engine.types import (
+    DEFAULT_OPTIONS,
+    REDUCTIONS,
+    SOFT_OP,
+    SPARSE_OP,
+    WEIGHT_INPUTS,
+    DType,
+    Options,
+)
 from service.errors import InvalidArgument, UnsupportedMediaType
 from service.schemas import ErrorDetail, LossRequest, LossResponse, SparseLossRequest
 
@@ -42,7 +50,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
         408: "Body not received within SCE_BODY_TIMEOUT",
         413: "Body over the configured limit",
         415: "Unsupported Content-Type or Content-Encoding",
-        422: "Invalid arguments: shapes, dtypes, dim, label range, unknown members",
+        422: "Invalid arguments: shapes, dtypes, dim, label range, options, unknown members",
         503: "Not ready, over the in-flight bound (Retry-After), or an ONNX Runtime failure",
     }.items()
 }
@@ -57,13 +65,17 @@ class QueryArguments:
 
     Read by hand rather than declared as FastAPI query parameters: FastAPI's parsing
     cost ~65 us a request, more than a small request's ONNX Runtime run; the
-    parameters are declared for OpenAPI in QUERY_PARAMETERS.
+    parameters are declared for OpenAPI in QUERY_PARAMETERS. The options are taken as
+    sent (strictly parsed numbers): the engine judges their values.
     """
 
-    dim: int | None
-    axis: int | None
-    outputs: str | None
-    name: str | None
+    dim: int | None = None
+    axis: int | None = None
+    outputs: str | None = None
+    name: str | None = None
+    reduction: str | None = None
+    label_smoothing: float | None = None
+    ignore_index: int | None = None
 
     @classmethod
     def of(cls, request: Request) -> QueryArguments:
@@ -73,18 +85,42 @@ class QueryArguments:
         name = params.get("name")
         if name is not None and len(name) > NAME_MAX:
             raise InvalidArgument(f"name: at most {NAME_MAX} characters")
-        return cls(_integer(params, "dim"), _integer(params, "axis"), params.get("outputs"), name)
+        return cls(
+            dim=_integer(params, "dim"),
+            axis=_integer(params, "axis"),
+            outputs=params.get("outputs"),
+            name=name,
+            reduction=params.get("reduction"),
+            label_smoothing=_number(params, "label_smoothing"),
+            ignore_index=_integer(params, "ignore_index"),
+        )
 
     def given(self) -> list[str]:
         return [k for k, v in vars(self).items() if v is not None]
 
+    def options(self) -> Options:
+        return Options(
+            reduction=DEFAULT_OPTIONS.reduction if self.reduction is None else self.reduction,
+            label_smoothing=(
+                DEFAULT_OPTIONS.label_smoothing
+                if self.label_smoothing is None
+                else self.label_smoothing
+            ),
+            ignore_index=self.ignore_index,
+        )
 
-NO_QUERY = QueryArguments(None, None, None, None)
+
+NO_QUERY = QueryArguments()
 
 
 def _integer(params: QueryParams, key: str) -> int | None:
     value = params.get(key)
     return None if value is None else text.ascii_int(value, key, signed=True)
+
+
+def _number(params: QueryParams, key: str) -> float | None:
+    value = params.get(key)
+    return None if value is None else text.ascii_float(value, key)
 
 
 def _query_parameter(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
@@ -108,6 +144,23 @@ QUERY_PARAMETERS = {
     "name": _query_parameter(
         "name", {"type": "string", "maxLength": NAME_MAX}, "safetensors bodies: name"
     ),
+    "reduction": _query_parameter(
+        "reduction",
+        {"type": "string", "enum": list(REDUCTIONS)},
+        "safetensors bodies: none (the default: per-example loss), sum or mean (a scalar)",
+    ),
+    "label_smoothing": _query_parameter(
+        "label_smoothing",
+        # no "default" here: generated clients would then send it with JSON bodies too
+        {"type": "number", "minimum": 0, "maximum": 1},
+        "safetensors bodies: eps in [0, 1] (default 0), a plain decimal number such as 0.1",
+    ),
+    "ignore_index": _query_parameter(
+        "ignore_index",
+        {"type": "integer"},
+        "safetensors bodies: a label value (e.g. -100) that is skipped: loss 0, zero "
+        "gradients, not counted in the mean",
+    ),
 }
 
 
@@ -119,6 +172,7 @@ class Call:
     outputs: list[str]
     name: str | None
     dim: int = -1
+    options: Options = DEFAULT_OPTIONS
 
 
 def parse_arguments(body: Body, model: type[Model]) -> Model:
@@ -138,7 +192,8 @@ def parse_arguments(body: Body, model: type[Model]) -> Model:
     except ValidationError as exc:
         message = describe_validation(exc.errors())
         if any(e["type"] == "extra_forbidden" for e in exc.errors()):
-            message += f"; arguments must be named, one of: {', '.join(model.model_fields)}"
+            names = [n for n, f in model.model_fields.items() if not f.exclude]
+            message += f"; arguments must be named, one of: {', '.join(names)}"
         raise InvalidArgument(message) from None
 
 
@@ -146,40 +201,45 @@ def _optional(value: Any, dtype: DType, name: str) -> dict[str, Tensor]:
     return {} if value is None else {name: json_tensor.lazy(value, dtype, name)}
 
 
-def _soft_from_json(body: Body) -> Call:
-    args = parse_arguments(body, LossRequest)
+def _from_json(args: LossRequest | SparseLossRequest, labels_dtype: DType) -> Call:
     dtype = DType[args.dtype]
     tensors = {
-        "labels": json_tensor.lazy(args.labels, dtype, "labels"),
+        "labels": json_tensor.lazy(args.labels, labels_dtype, "labels"),
         "logits": json_tensor.lazy(args.logits, dtype, "logits"),
         **_optional(args.grad_loss, dtype, "grad_loss"),
+        **_optional(args.class_weights, dtype, "class_weights"),
+        **_optional(args.sample_weights, dtype, "sample_weights"),
     }
-    return Call(tensors, list(args.outputs), args.name, class_dim(args.dim, args.axis))
+    options = Options(args.reduction, args.label_smoothing, args.ignore_index)
+    return Call(tensors, list(args.outputs), args.name, class_dim(args.dim, args.axis), options)
+
+
+def _soft_from_json(body: Body) -> Call:
+    args = parse_arguments(body, LossRequest)
+    return _from_json(args, DType[args.dtype])
 
 
 def _sparse_from_json(body: Body) -> Call:
     args = parse_arguments(body, SparseLossRequest)
-    dtype = DType[args.dtype]
-    tensors = {
-        "labels": json_tensor.lazy(args.labels, DType[args.labels_dtype], "labels"),
-        "logits": json_tensor.lazy(args.logits, dtype, "logits"),
-        **_optional(args.grad_loss, dtype, "grad_loss"),
-    }
-    return Call(tensors, list(args.outputs), args.name)
+    return _from_json(args, DType[args.labels_dtype])
+
+
+TENSORS = ("labels", "logits", "grad_loss", *WEIGHT_INPUTS)
 
 
 def _from_safetensors(body: Body, query: QueryArguments) -> Call:
     arrays: dict[str, Tensor] = dict(safetensors.decode(body))
-    unknown = sorted(set(arrays) - {"labels", "logits", "grad_loss"})
+    unknown = sorted(set(arrays) - set(TENSORS))
     if unknown:
         raise InvalidArgument(
-            f"unknown tensor(s) {text.some(unknown)}; send labels, logits and optionally grad_loss"
+            f"unknown tensor(s) {text.some(unknown)}; send labels, logits and optionally "
+            "grad_loss, class_weights, sample_weights"
         )
     missing = [n for n in ("labels", "logits") if n not in arrays]
     if missing:
         raise InvalidArgument(f"the safetensors body needs tensor(s) {', '.join(missing)}")
     outputs = [o.strip() for o in (query.outputs or "loss").split(",") if o.strip()]
-    return Call(arrays, outputs, query.name, class_dim(query.dim, query.axis))
+    return Call(arrays, outputs, query.name, class_dim(query.dim, query.axis), query.options())
 
 
 def encode_json(result: LossResult, name: str | None) -> bytes:
@@ -198,8 +258,6 @@ def encode_safetensors(result: LossResult, name: str | None) -> bytes:
 
 async def _serve(request: Request, *, sparse: bool) -> Response:
     query = QueryArguments.of(request)
-    if sparse and (query.dim is not None or query.axis is not None):
-        raise InvalidArgument("the sparse op takes no dim: its class dimension is the last")
     env = runtime(request)
     media_type = request.headers.get("content-type", JSON).split(";", 1)[0].strip().lower()
     if media_type not in (JSON, SAFETENSORS):
@@ -224,11 +282,19 @@ async def _serve(request: Request, *, sparse: bool) -> Response:
     def cost(call: Call) -> Cost:
         json_out = not wants_safetensors
         return inference.cost_of(
-            env.engine, op, call.tensors, outputs=call.outputs, dim=call.dim, json_outputs=json_out
+            env.engine,
+            op,
+            call.tensors,
+            outputs=call.outputs,
+            dim=call.dim,
+            options=call.options,
+            json_outputs=json_out,
         )
 
     def run(call: Call) -> Encoded:
-        result = compute(env.engine, op, call.tensors, outputs=call.outputs, dim=call.dim)
+        result = compute(
+            env.engine, op, call.tensors, outputs=call.outputs, dim=call.dim, options=call.options
+        )
         encode = encode_safetensors if wants_safetensors else encode_json
         return Encoded([encode(result, call.name)], answer_type)
 
@@ -253,7 +319,8 @@ def _openapi(model: type[BaseModel], *parameters: str) -> dict[str, Any]:
                     "schema": {
                         "type": "string",
                         "format": "binary",
-                        "description": "tensors labels, logits and optionally grad_loss",
+                        "description": "tensors labels, logits and optionally grad_loss, "
+                        "class_weights, sample_weights",
                     }
                 },
             },
@@ -276,7 +343,9 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
     summary="Softmax cross entropy (tf.nn.softmax_cross_entropy_with_logits_v2)",
     response_model=LossResponse,
     responses=RESPONSES,
-    openapi_extra=_openapi(LossRequest, "dim", "axis", "outputs", "name"),
+    openapi_extra=_openapi(
+        LossRequest, "dim", "axis", "outputs", "name", "reduction", "label_smoothing"
+    ),
 )
 async def softmax_cross_entropy_with_logits(request: Request) -> Response:
     """Loss, and on request its gradients, for probability-distribution labels."""
@@ -289,7 +358,7 @@ async def softmax_cross_entropy_with_logits(request: Request) -> Response:
     summary="Sparse softmax cross entropy (tf.nn.sparse_softmax_cross_entropy_with_logits)",
     response_model=LossResponse,
     responses=RESPONSES,
-    openapi_extra=_openapi(SparseLossRequest, "outputs", "name"),
+    openapi_extra=_openapi(SparseLossRequest, *QUERY_PARAMETERS),
 )
 async def sparse_softmax_cross_entropy_with_logits(request: Request) -> Response:
     """Loss, and on request grad_logits, for integer class labels."""

@@ -22,7 +22,15 @@ from service.api.pipeline import Cost, Encoded, serve
 from service.api.routing import DirectRoute
 from service.codecs import json_document, v2
 from service.engine.engine import Engine
-from service.engine.types import SOFT_OP, SOFT_OUTPUTS, SPARSE_OP, SPARSE_OUTPUTS, Output
+from service.engine.types import (
+    DEFAULT_OPTIONS,
+    SOFT_OP,
+    SOFT_OUTPUTS,
+    SPARSE_OP,
+    SPARSE_OUTPUTS,
+    Options,
+    Output,
+)
 from service.errors import InvalidArgument, MalformedBody, ModelNotFound, PayloadTooLarge
 from service.schemas import (
     InferenceRequest,
@@ -47,8 +55,9 @@ EXTENSIONS = ["binary_tensor_data", "parameters"]
 class ModelSpec:
     """What a model takes and gives."""
 
-    inputs: tuple[TensorMetadata, ...]  # labels and logits are required, grad_loss is not
+    inputs: tuple[TensorMetadata, ...]  # labels and logits are required, the others not
     outputs: tuple[Output, ...]
+    parameters: dict[str, Any]  # the request parameters it takes, with their defaults
 
     @property
     def input_names(self) -> tuple[str, ...]:
@@ -59,25 +68,39 @@ def _tensor(name: str, datatype: str, rank: int) -> TensorMetadata:
     return TensorMetadata(name=name, datatype=datatype, shape=[-1] * rank)
 
 
+# The optional inputs of both models, after labels and logits.
+OPTIONAL_INPUTS = (
+    _tensor("grad_loss", "FP32", 1),
+    _tensor("class_weights", "FP32", 1),
+    _tensor("sample_weights", "FP32", 1),
+)
+# Request parameters, with their defaults (ignore_index has none: labels out of range are
+# a 422 unless it is given).
+PARAMETERS: dict[str, Any] = {
+    "dim": -1,
+    "reduction": DEFAULT_OPTIONS.reduction,
+    "label_smoothing": DEFAULT_OPTIONS.label_smoothing,
+}
 MODELS: dict[str, ModelSpec] = {
     SOFT_OP: ModelSpec(
-        inputs=(
-            _tensor("labels", "FP32", 2),
-            _tensor("logits", "FP32", 2),
-            _tensor("grad_loss", "FP32", 1),
-        ),
+        inputs=(_tensor("labels", "FP32", 2), _tensor("logits", "FP32", 2), *OPTIONAL_INPUTS),
         outputs=SOFT_OUTPUTS,
+        parameters=PARAMETERS,
     ),
     SPARSE_OP: ModelSpec(
-        inputs=(
-            _tensor("labels", "INT64", 1),
-            _tensor("logits", "FP32", 2),
-            _tensor("grad_loss", "FP32", 1),
-        ),
+        inputs=(_tensor("labels", "INT64", 1), _tensor("logits", "FP32", 2), *OPTIONAL_INPUTS),
         outputs=SPARSE_OUTPUTS,
+        parameters={**PARAMETERS, "ignore_index": None},
     ),
 }
-OUTPUT_RANKS = {"loss": 1, "grad_logits": 2, "grad_labels": 2}
+# What the metadata lists for each output: its datatype (FP32 stands for the logits' own)
+# and the common shape's rank (the loss is a scalar with reduction sum or mean).
+OUTPUT_METADATA = {
+    "loss": ("FP32", 1),
+    "grad_logits": ("FP32", 2),
+    "grad_labels": ("FP32", 2),
+    "weight_sum": ("FP64", 0),
+}
 
 
 def _model(name: str) -> ModelSpec:
@@ -96,6 +119,7 @@ class V2Call:
     outputs: dict[Output, bool]  # name -> binary
     dim: int
     request_id: str | None
+    options: Options = DEFAULT_OPTIONS
 
 
 def parse(name: str, spec: ModelSpec, body: Body, header_length: int | None) -> V2Call:
@@ -132,9 +156,20 @@ def parse(name: str, spec: ModelSpec, body: Body, header_length: int | None) -> 
     if missing:
         raise InvalidArgument(f"model {name!r} needs input(s) {', '.join(missing)}")
 
+    options = Options(
+        reduction=DEFAULT_OPTIONS.reduction if params.reduction is None else params.reduction,
+        label_smoothing=(
+            DEFAULT_OPTIONS.label_smoothing
+            if params.label_smoothing is None
+            else params.label_smoothing
+        ),
+        ignore_index=params.ignore_index,  # the soft model's engine says why it takes none
+    )
     if request.outputs is None:  # all outputs, binary when the request says so
         binary_default = bool(params.binary_data_output)
-        wanted = dict.fromkeys(spec.outputs, binary_default)
+        # weight_sum exists only for a reduction: asking for it otherwise is a 422
+        every = [o for o in spec.outputs if o != "weight_sum" or options.reduced]
+        wanted = dict.fromkeys(every, binary_default)
     else:
         wanted = {}
         for out in request.outputs:
@@ -145,8 +180,8 @@ def parse(name: str, spec: ModelSpec, body: Body, header_length: int | None) -> 
             asked = out.parameters.binary_data if out.parameters else None
             wanted[out.name] = bool(asked if asked is not None else params.binary_data_output)
     ordered = {o: wanted[o] for o in spec.outputs if o in wanted}
-    dim = class_dim(params.dim, params.axis) if name == SOFT_OP else -1
-    return V2Call(name, tensors, ordered, dim, request.id)
+    dim = class_dim(params.dim, params.axis)
+    return V2Call(name, tensors, ordered, dim, request.id, options)
 
 
 def cost(engine: Engine, call: V2Call) -> Cost:
@@ -156,13 +191,21 @@ def cost(engine: Engine, call: V2Call) -> Cost:
         call.tensors,
         outputs=list(call.outputs),
         dim=call.dim,
+        options=call.options,
         json_outputs=not all(call.outputs.values()),
     )
 
 
 def run(engine: Engine, call: V2Call) -> Encoded:
     """Compute and encode: the response's JSON header, then each binary output's bytes."""
-    result = compute(engine, call.model, call.tensors, outputs=list(call.outputs), dim=call.dim)
+    result = compute(
+        engine,
+        call.model,
+        call.tensors,
+        outputs=list(call.outputs),
+        dim=call.dim,
+        options=call.options,
+    )
     outputs = [v2.OutputTensor(n, a, call.outputs[n]) for n, a in result.items()]
     chunks, json_length = v2.encode_response(
         model_name=call.model, request_id=call.request_id, outputs=outputs
@@ -181,7 +224,7 @@ V2_ERROR_TEXT = {
     408: "Body not received within SCE_BODY_TIMEOUT",
     413: "Body over the configured limit",
     415: "Unsupported Content-Encoding",
-    422: "Invalid inputs: names, datatypes, shapes, dim, label range",
+    422: "Invalid inputs: names, datatypes, shapes, dim, label range, options",
     503: "Not ready, over the in-flight bound (Retry-After), or an ONNX Runtime failure",
 }
 
@@ -210,16 +253,17 @@ def server_metadata(engine: EngineDep) -> ServerMetadata:
     responses=MODEL_ERRORS,
 )
 def model_metadata(model: str, engine: EngineDep) -> ModelMetadata:
-    """Inputs and outputs of a model. FP16, BF16 and FP64 are accepted wherever FP32 is listed,
-    INT32 wherever INT64 is; any rank >= 1 is accepted (the shapes list the common case)."""
+    """Inputs, outputs and request parameters (with their defaults) of a model. FP16, BF16
+    and FP64 are accepted wherever FP32 is listed, INT32 wherever INT64 is; any rank >= 1 is
+    accepted (the shapes list the common case). weight_sum is FP64 whatever the logits' type."""
     spec = _model(model)
     return ModelMetadata(
         name=model,
         versions=["1"],
         platform="onnxruntime_onnx",
         inputs=list(spec.inputs),
-        outputs=[_tensor(o, "FP32", OUTPUT_RANKS[o]) for o in spec.outputs],
-        parameters={"providers": engine.providers, "dim": -1},
+        outputs=[_tensor(o, *OUTPUT_METADATA[o]) for o in spec.outputs],
+        parameters={"providers": engine.providers, **spec.parameters},
     )
 
 

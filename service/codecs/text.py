@@ -1,7 +1,8 @@
 """Text that clients control: strict integers, valid Unicode, bounded quoting in messages.
 
 Every integer that arrives as text goes through `ascii_int` (Python's `int()` accepts
-"+1", "1_0", " 1 " and non-ASCII digits such as "\\u0661"); every client string
+"+1", "1_0", " 1 " and non-ASCII digits such as "\\u0661"), every real number through
+`ascii_float` (`float()` accepts those too, and "nan", "inf"); every client string
 that an error message names goes through `quote` or `some`, which escape invalid
 Unicode (a lone UTF-16 surrogate cannot be written as UTF-8, so echoing one would
 fail) and bound the length; `bounded` caps a whole message; `accepts` reads Accept.
@@ -9,6 +10,7 @@ fail) and bound the length; `bounded` caps a whole message; `accepts` reads Acce
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Sized
 
@@ -37,6 +39,23 @@ def ascii_int(
     if len(digits) > MAX_DIGITS:
         raise error(f"{what} must have at most {MAX_DIGITS} digits; got {len(digits)}")
     return int(text)
+
+
+# JSON's number grammar: what a person means by a plain decimal number.
+_DECIMAL = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][-+]?[0-9]+)?\Z")
+MAX_FLOAT_CHARS = 64
+
+
+def ascii_float(text: str, what: str, *, error: type[ServiceError] = InvalidArgument) -> float:
+    """`text` as a finite float: JSON's number grammar in ASCII ("0.1", "1", "1e-3"), at
+    most 64 characters. No "nan", "inf", "+", "_", spaces, ".5", non-ASCII digits, or a
+    value beyond float64 ("1e999")."""
+    if len(text) > MAX_FLOAT_CHARS or not (text.isascii() and _DECIMAL.match(text)):
+        raise error(f"{what} must be a decimal number such as 0.1; got {quote(text)}")
+    value = float(text)
+    if not math.isfinite(value):
+        raise error(f"{what} is beyond float64's range; got {quote(text)}")
+    return value
 
 
 def valid_unicode(text: str) -> bool:

@@ -153,3 +153,23 @@ def test_query_arguments_with_json_body_are_refused(client: TestClient) -> None:
     response = client.post(SOFT, json={"labels": [1.0], "logits": [1.0]}, params={"dim": 0})
     assert response.status_code == 422
     assert "safetensors" in response.json()["detail"]
+
+
+def test_reduced_outputs_mix_dtypes_and_scalars(client: TestClient) -> None:
+    """A reduced loss (0-d, the logits' dtype) beside weight_sum (0-d, F64) in one body."""
+    a = np.array([[0.0, 1.0], [1.0, 0.0]], ml_dtypes.bfloat16)
+    response = client.post(
+        SOFT,
+        content=pack(
+            {"labels": a, "logits": a, "sample_weights": np.array([1.0, 3.0], np.float32)}
+        ),
+        params={"reduction": "sum", "outputs": "loss,weight_sum"},
+        headers={"content-type": ST, "accept": ST},
+    )
+    assert response.status_code == 200, response.text
+    arrays, metadata = unpack(response.content)
+    assert metadata["dtype"] == "bfloat16"
+    assert arrays["loss"].shape == () and arrays["loss"].dtype == np.dtype(ml_dtypes.bfloat16)
+    assert arrays["weight_sum"].shape == () and arrays["weight_sum"].dtype == np.float64
+    assert float(arrays["weight_sum"]) == 4.0
+    assert float(arrays["loss"]) == pytest.approx(4 * np.log1p(np.exp(-1.0)), rel=1e-2)

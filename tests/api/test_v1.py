@@ -8,7 +8,9 @@ import numpy as np
 import orjson
 import pytest
 from fastapi.testclient import TestClient
+from pydantic import BaseModel
 
+from service.schemas import InferenceRequest, LossRequest, SparseLossRequest
 from tests.reference import NUMPY, assert_close, random_distribution, softmax_xent
 
 SOFT = "/v1/softmax_cross_entropy_with_logits"
@@ -117,7 +119,9 @@ def test_invalid_arguments_are_422_with_a_message(
         ({"labels": [0, 3], "logits": [[1.0, 2.0, 3.0]] * 2}, "[0, 3)"),
         ({"labels": [0], "logits": [[1.0, 2.0]] * 2}, "shape"),
         ({"labels": [0.5], "logits": [[1.0, 2.0]]}, "integers"),
-        ({"labels": [0], "logits": [[1.0, 2.0]], "dim": 0}, "unknown argument 'dim'"),
+        ({"labels": [0], "logits": [[1.0, 2.0]], "dim": 0}, "class dimension (dim 0), [2]"),
+        ({"labels": [0], "logits": [[1.0, 2.0]], "axis": 2}, "out of range"),
+        ({"labels": [0], "logits": [[1.0, 2.0]], "ignore_index": "-100"}, "JSON integer"),
         ({"labels": [0], "logits": [[1.0]], "outputs": ["grad_labels"]}, "outputs"),
     ],
 )
@@ -175,3 +179,23 @@ def test_no_traceback_in_error_bodies(client: TestClient) -> None:
 def test_health(client: TestClient) -> None:
     assert client.get("/v2/health/live").status_code == 200
     assert client.get("/v2/health/ready").json() == {"ready": True}
+
+
+@pytest.mark.parametrize(
+    ("path", "model"),
+    [
+        (SOFT, LossRequest),
+        (SPARSE, SparseLossRequest),
+        ("/v2/models/softmax_cross_entropy_with_logits/infer", InferenceRequest),
+    ],
+)
+def test_schema_examples_are_requests_that_succeed(
+    client: TestClient, path: str, model: type[BaseModel]
+) -> None:
+    extra = model.model_config.get("json_schema_extra")
+    assert isinstance(extra, dict)
+    for example in extra["examples"]:
+        sparse = any(i.get("datatype") == "INT64" for i in example.get("inputs", []))
+        target = path.replace("softmax", "sparse_softmax") if sparse else path
+        response = _post(client, target, example)
+        assert response.status_code == 200, (example, response.text)

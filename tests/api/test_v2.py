@@ -198,7 +198,8 @@ def test_server_and_model_metadata(client: TestClient) -> None:
     server = client.get("/v2").json()
     assert server["providers"] == ["CPUExecutionProvider"]
     model = client.get("/v2/models/sparse_softmax_cross_entropy_with_logits").json()
-    assert [t["name"] for t in model["outputs"]] == ["loss", "grad_logits"]
+    assert [t["name"] for t in model["outputs"]] == ["loss", "grad_logits", "weight_sum"]
+    assert model["parameters"]["ignore_index"] is None and model["parameters"]["dim"] == -1
     assert client.get("/v2/models/softmax_cross_entropy_with_logits/ready").json()["ready"]
 
 
