@@ -32,9 +32,10 @@ class Settings(BaseSettings):
     """Largest request body accepted, after decompression (413 above it)."""
     max_json_bytes: int = Field(128 * 1024 * 1024, ge=1024)
     """Largest JSON body or v2 JSON header, v1 and v2 alike (413 above it)."""
-    chunked_softmax: bool = True
-    """float32 softmax along more than 2048 classes summed in chunks (accurate at any class
-    count, at a cost measured in bench/options.py); false: ONNX Runtime's whole-row sums."""
+    chunked_softmax: bool = False
+    """Softmax along more than 2048 classes summed in chunks: float32 error as TensorFlow's
+    at any class count, at 1.2-1.7x the engine time (bench/options.py); false: ONNX
+    Runtime's whole-row sums, whose error grows with the class count."""
     max_elements: int = Field(1 << 28, ge=1)
     """Most elements a tensor (or the broadcast of labels and logits) may have (422 above)."""
     memory_budget: int | None = Field(None, ge=16 * 1024 * 1024)

@@ -667,7 +667,7 @@ class Engine:
         providers: str = "cpu",
         intra_op_threads: int | None = None,
         max_elements: int = 1 << 28,
-        chunked_softmax: bool = True,
+        chunked_softmax: bool = False,
     ) -> None:
         self.max_elements = max_elements
         # A long class dimension summed in chunks (graphs._LogSoftmax); False: whole rows.

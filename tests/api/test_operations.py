@@ -142,6 +142,19 @@ def test_intra_op_threads_setting_is_applied() -> None:
     assert Engine(intra_op_threads=1).intra_op_threads == 1
 
 
+def test_chunked_softmax_setting_reaches_the_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SCE_CHUNKED_SOFTMAX", "true")
+    with TestClient(create_app(Settings())) as client:
+        engine = client.app.state.engine  # type: ignore[attr-defined]
+        assert engine.chunked_softmax is True
+        body = {"labels": [1.0] + [0.0] * 4095, "logits": [0.0] * 4096}
+        response = client.post("/v1/softmax_cross_entropy_with_logits", json=body)
+        assert response.json()["loss"]["data"] == pytest.approx(np.log(4096), rel=1e-6)
+        assert any(key[-1] for key in engine._sessions)  # a chunked graph ran
+    monkeypatch.delenv("SCE_CHUNKED_SOFTMAX")
+    assert Settings().chunked_softmax is False  # whole rows by default
+
+
 @pytest.mark.parametrize(
     ("files", "limit"),
     [

@@ -457,7 +457,7 @@ def test_option_graphs_are_built_on_first_use_only() -> None:
 )
 @pytest.mark.parametrize("block", [4 << 20, 1])
 def test_chunked_class_sums_match_reference(
-    engine: Engine,
+    chunked: Engine,
     rng: np.random.Generator,
     monkeypatch: pytest.MonkeyPatch,
     dtype: str,
@@ -468,6 +468,7 @@ def test_chunked_class_sums_match_reference(
 ) -> None:
     """More than 2048 classes take the chunked graphs, every output and option, in whole
     blocks or one class column at a time."""
+    engine = chunked
     monkeypatch.setattr(engine_module, "BLOCK_BYTES", block)
     classes = shape[dim]
     logits = rng.standard_normal(shape).astype(NUMPY[dtype])
@@ -527,8 +528,13 @@ def test_chunked_class_sums_match_reference(
                 _compare(result, expected, dtype, f"soft {options} cw={use_class}")
 
 
-def test_chunked_softmax_can_be_turned_off(rng: np.random.Generator) -> None:
-    whole = Engine(chunked_softmax=False)
+@pytest.fixture(scope="module")
+def chunked() -> Engine:
+    return Engine(chunked_softmax=True)
+
+
+def test_whole_row_sums_are_the_default(rng: np.random.Generator) -> None:
+    whole = Engine()
     logits = rng.standard_normal((2, 4096)).astype(np.float32)
     labels = random_distribution(rng, (2, 4096), -1).astype(np.float32)
     result = whole.softmax_cross_entropy(labels=labels, logits=logits)
