@@ -172,11 +172,8 @@ def encode_fragment(array: np.ndarray, *, bare_non_finite: bool) -> orjson.Fragm
     """
     wire = _wire(array)
     literals = _LITERALS[bare_non_finite]
-    if wire.ndim == 0:
-        value = wire.item()
-        if isinstance(value, float) and not math.isfinite(value):
-            return orjson.Fragment(literals[0 if math.isnan(value) else 1 if value > 0 else 2])
-        return orjson.Fragment(orjson.dumps(value))
+    if wire.ndim == 0:  # as a one-element list, unwrapped: float32 keeps its shortest form
+        return orjson.Fragment(_json_block(wire.reshape(1), literals)[1:-1])
     return orjson.Fragment(_json_of(wire, literals))
 
 

@@ -248,3 +248,20 @@ def test_deep_empty_lists_left_in_the_skeleton_are_refused(depth: int) -> None:
     assert isinstance(document["x"], list)  # no number: orjson read it
     with pytest.raises(InvalidArgument, match="deeper"):
         json_tensor.decode(document["x"], DType.float32, "x")
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (np.float32(3.9082491), b"3.9082491"),  # float32's shortest form, not float64's
+        (np.float16(0.1), b"0.099975586"),  # as in arrays: float16 written via float32
+        (np.float64(0.1), b"0.1"),
+        (np.float32(np.nan), b'"NaN"'),
+        (np.float64(-np.inf), b'"-Infinity"'),
+    ],
+)
+def test_a_scalar_is_written_like_the_elements_of_an_array(value: np.generic, text: bytes) -> None:
+    """A reduced loss is 0-d: written as one number, as it would be inside a list."""
+    assert (
+        orjson.dumps(json_tensor.encode_fragment(np.asarray(value), bare_non_finite=False)) == text
+    )
