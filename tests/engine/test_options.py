@@ -12,7 +12,7 @@ import pytest
 
 from service.engine import engine as engine_module
 from service.engine.engine import Engine
-from service.engine.types import SOFT_OP, SPARSE_OP, DType, Options
+from service.engine.types import DEFAULT_OPTIONS, SOFT_OP, SPARSE_OP, DType, Options
 from service.errors import InvalidArgument, LabelOutOfRange, ShapeMismatch, UnsupportedDtype
 from tests.reference import NUMPY, assert_close, random_distribution, xent_with_options
 
@@ -44,6 +44,47 @@ def _weights(rng: np.random.Generator, shape: tuple[int, ...], dtype: str) -> np
     return (rng.random(shape) * 2).astype(NUMPY[dtype])
 
 
+def _check(
+    engine: Engine,
+    sparse: bool,
+    labels: np.ndarray,
+    logits: np.ndarray,
+    *,
+    dtype: str = "float64",
+    outputs: list[str] | None = None,
+    dim: int = -1,
+    grad_loss: np.ndarray | None = None,
+    class_weights: np.ndarray | None = None,
+    sample_weights: np.ndarray | None = None,
+    options: Options = DEFAULT_OPTIONS,
+) -> None:
+    """One engine call against the reference of the same arguments."""
+    op = engine.sparse_softmax_cross_entropy if sparse else engine.softmax_cross_entropy
+    weights = {"class_weights": class_weights, "sample_weights": sample_weights}
+    result = op(
+        labels=labels,
+        logits=logits,
+        dim=dim,
+        grad_loss=grad_loss,
+        outputs=outputs or _outputs(sparse, options.reduction),
+        options=options,
+        **weights,
+    )
+    expected = xent_with_options(
+        labels,
+        logits,
+        sparse=sparse,
+        dim=dim,
+        reduction=options.reduction,
+        label_smoothing=options.label_smoothing,
+        ignore_index=options.ignore_index,
+        grad_loss=grad_loss,
+        **weights,
+    )
+    given = [k for k, v in weights.items() if v is not None]
+    _compare(result, expected, dtype, f"{'sparse' if sparse else 'soft'} {options} {given}")
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize(("rank", "dim"), RANK_DIMS)
 @pytest.mark.parametrize("reduction", REDUCTIONS)
@@ -60,28 +101,18 @@ def test_soft_options_match_reference(
         sw = _weights(rng, loss_shape[len(loss_shape) // 2 :], dtype) if use_sample else None
         grad = rng.standard_normal(() if reduction != "none" else loss_shape)
         grad_loss = grad.astype(NUMPY[dtype]) if rng.random() < 0.5 else None
-        result = engine.softmax_cross_entropy(
-            labels=labels,
-            logits=logits,
+        _check(
+            engine,
+            False,
+            labels,
+            logits,
+            dtype=dtype,
             dim=dim,
             grad_loss=grad_loss,
-            outputs=_outputs(False, reduction),
             class_weights=cw,
             sample_weights=sw,
             options=Options(reduction, eps),
         )
-        expected = xent_with_options(
-            labels,
-            logits,
-            sparse=False,
-            dim=dim,
-            class_weights=cw,
-            sample_weights=sw,
-            reduction=reduction,
-            label_smoothing=eps,
-            grad_loss=grad_loss,
-        )
-        _compare(result, expected, dtype, f"cw={use_class} sw={use_sample} eps={eps}")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -104,29 +135,18 @@ def test_sparse_options_match_reference(
         if rng.random() < 0.5:
             grad_loss = rng.standard_normal(() if reduction != "none" else loss_shape)
             grad_loss = grad_loss.astype(NUMPY[dtype])
-        result = engine.sparse_softmax_cross_entropy(
-            labels=labels,
-            logits=logits,
+        _check(
+            engine,
+            True,
+            labels,
+            logits,
+            dtype=dtype,
             dim=dim,
             grad_loss=grad_loss,
-            outputs=_outputs(True, reduction),
             class_weights=cw,
             sample_weights=sw,
             options=Options(reduction, eps, ignore),
         )
-        expected = xent_with_options(
-            labels,
-            logits,
-            sparse=True,
-            dim=dim,
-            class_weights=cw,
-            sample_weights=sw,
-            reduction=reduction,
-            label_smoothing=eps,
-            ignore_index=ignore,
-            grad_loss=grad_loss,
-        )
-        _compare(result, expected, dtype, f"cw={use_class} sw={use_sample} eps={eps} ig={ignore}")
 
 
 @pytest.fixture(params=[1, 48], ids=["block=1B", "block=48B"])
@@ -162,53 +182,14 @@ def test_options_in_blocks_and_broadcasts(
     logits = rng.standard_normal(logits_shape) * 3
     loss_shape = full[: dim % len(full)] + full[dim % len(full) + 1 :]
     cw, sw = rng.random(full[dim]), rng.random(loss_shape)
-    options = Options(reduction, 0.2)
-    outputs = _outputs(False, reduction)
-    result = engine.softmax_cross_entropy(
-        labels=labels,
-        logits=logits,
-        dim=dim,
-        outputs=outputs,
-        class_weights=cw,
-        sample_weights=sw,
-        options=options,
-    )
-    expected = xent_with_options(
-        labels,
-        logits,
-        sparse=False,
-        dim=dim,
-        class_weights=cw,
-        sample_weights=sw,
-        reduction=reduction,
-        label_smoothing=0.2,
-    )
-    _compare(result, expected, "float64", "soft")
+    weights = {"class_weights": cw, "sample_weights": sw}
+    _check(engine, False, labels, logits, dim=dim, options=Options(reduction, 0.2), **weights)
     # the sparse op on the logits' shape, class dim `dim`
-    targets = rng.integers(0, logits_shape[dim], loss_shape if logits_shape == full else ())
-    if targets.shape == loss_shape:
+    if logits_shape == full:
+        targets = rng.integers(0, logits_shape[dim], loss_shape)
         targets.flat[0] = -1
-        result = engine.sparse_softmax_cross_entropy(
-            labels=targets,
-            logits=logits,
-            dim=dim,
-            outputs=_outputs(True, reduction),
-            class_weights=cw,
-            sample_weights=sw,
-            options=Options(reduction, 0.2, -1),
-        )
-        expected = xent_with_options(
-            targets,
-            logits,
-            sparse=True,
-            dim=dim,
-            class_weights=cw,
-            sample_weights=sw,
-            reduction=reduction,
-            label_smoothing=0.2,
-            ignore_index=-1,
-        )
-        _compare(result, expected, "float64", "sparse")
+        options = Options(reduction, 0.2, -1)
+        _check(engine, True, targets, logits, dim=dim, options=options, **weights)
 
 
 def test_defaults_are_tensorflows_op_exactly(engine: Engine, rng: np.random.Generator) -> None:
@@ -482,50 +463,22 @@ def test_chunked_class_sums_match_reference(
     for reduction, (use_class, use_sample, eps) in itertools.product(["none", "mean"], COMBOS):
         cw = _weights(rng, (classes,), dtype) if use_class else None
         sw = _weights(rng, loss_shape, dtype) if use_sample else None
+        weights = {"class_weights": cw, "sample_weights": sw}
         options = Options(reduction, eps)
-        for sparse, outputs in ((False, _outputs(False, reduction)), (True, ["loss"])):
-            sparse_options = Options(reduction, eps, -100)
-            kwargs = {"class_weights": cw, "sample_weights": sw}
-            if sparse:
-                for outs in (outputs, _outputs(True, reduction)):
-                    result = engine.sparse_softmax_cross_entropy(
-                        labels=targets,
-                        logits=logits,
-                        dim=dim,
-                        outputs=outs,
-                        options=sparse_options,
-                        **kwargs,
-                    )
-                    expected = xent_with_options(
-                        targets,
-                        logits,
-                        sparse=True,
-                        dim=dim,
-                        reduction=reduction,
-                        label_smoothing=eps,
-                        ignore_index=-100,
-                        **kwargs,
-                    )
-                    _compare(result, expected, dtype, f"sparse {outs} {options}")
-            else:
-                result = engine.softmax_cross_entropy(
-                    labels=labels,
-                    logits=logits,
-                    dim=dim,
-                    outputs=outputs,
-                    options=options,
-                    **kwargs,
-                )
-                expected = xent_with_options(
-                    labels,
-                    logits,
-                    sparse=False,
-                    dim=dim,
-                    reduction=reduction,
-                    label_smoothing=eps,
-                    **kwargs,
-                )
-                _compare(result, expected, dtype, f"soft {options} cw={use_class}")
+        _check(engine, False, labels, logits, dtype=dtype, dim=dim, options=options, **weights)
+        options = Options(reduction, eps, -100)
+        for outputs in (["loss"], _outputs(True, reduction)):  # the loss alone: at the labels
+            _check(
+                engine,
+                True,
+                targets,
+                logits,
+                dtype=dtype,
+                dim=dim,
+                outputs=outputs,
+                options=options,
+                **weights,
+            )
 
 
 @pytest.fixture(scope="module")
