@@ -9,6 +9,12 @@ too big. An input is materialised only one block at a time (and not at all when 
 already laid out: then blocks are views); the gradient of a broadcast input is summed
 block by block into an array of the input's own shape. Peak memory is then inputs +
 outputs + O(block), and `Engine.plan` says how much, from shapes and dtypes alone.
+
+The evaluation options (README, "Evaluation options") keep to that: class weights and
+label smoothing act along the class dimension inside their own graphs; what is per
+example (sample weights, the ignore mask, a label's class weight for the sparse op, the
+scale of a reduced loss's gradient) is O(N) numpy in float64 around the runs, fed to
+the graphs as grad_loss, and the reductions are float64 sums of the per-example losses.
 """
 
 from __future__ import annotations
@@ -191,9 +197,6 @@ class _Extras:
             or self.class_weights
             or self.sample_weights is not None
         )
-
-
-_NO_EXTRAS = _Extras("none", 0.0, None, False, None)
 
 
 def _clip(value: object) -> str:
