@@ -23,9 +23,10 @@ import itertools
 import logging
 import math
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -62,6 +63,11 @@ Shape = tuple[int, ...]
 # the time, 64 MiB: 1.3x; bench/engine_memory.py). Read at each call, so that tests can
 # make it tiny and exercise the blocks on small arrays.
 BLOCK_BYTES = 4 << 20
+# Up to this many elements a call without options or broadcast is one plain run, ONNX
+# Runtime allocating its outputs (_Direct); above, outputs are bound in place, no copy.
+SMALL_ELEMENTS = 1 << 14
+# How many validated calls an engine remembers (Engine._checked).
+CHECKED = 1024
 # What `Engine.plan` counts per block, in block-sized buffers. ONNX Runtime holds at most
 # one per graph node (each node's output is at most a block) and its kernels' scratch
 # (LogSoftmax along a dim other than the last transposes its input and its output: two),
@@ -311,6 +317,8 @@ class _Soft:
     block_rows: int
     block_inner: int
     extras: _Extras
+    # The small call's one run (_Direct), made on the first call; False where there is none
+    direct: object = None
 
 
 def _check_soft(
@@ -409,6 +417,8 @@ class _Sparse:
     block_rows: int
     block_inner: int
     extras: _Extras
+    # The small call's one run (_Direct), made on the first call; False where there is none
+    direct: object = None
 
 
 def _check_sparse(
@@ -660,6 +670,58 @@ def _unit_grad_loss(dtype: np.dtype[np.generic], rank: int) -> np.ndarray:
 GraphKey = tuple[object, ...]
 
 
+class _Direct:
+    """A small call's one run, prepared once for its shapes (Engine._direct_soft and
+    _direct_sparse): ONNX Runtime allocates the outputs, and nothing is looked up again.
+    A 32 x 10 loss took 20 us through the general path, 6 us of it ONNX Runtime's run;
+    bench/engine.py's tiny rows measure this one."""
+
+    __slots__ = ("_run", "constants", "dtype", "grad_shape", "grad_type", "layout", "names")
+
+    def __init__(
+        self,
+        *,
+        session: sessions.InferenceSession,
+        names: Sequence[str],
+        shapes: Sequence[Shape],
+        layout: tuple[Shape, Shape],
+        grad_shape: Shape | None,
+        grad_type: np.dtype[np.generic],
+        constants: dict[str, np.ndarray],
+        dtype: DType,
+    ) -> None:
+        self._run = sessions.small_runner(session, names)
+        self.names = list(zip(names, shapes, strict=True))
+        self.layout = layout  # the labels' and the logits' shapes in the graph
+        self.grad_shape = grad_shape
+        self.grad_type = grad_type
+        self.constants = constants
+        self.dtype = dtype
+
+    def __call__(
+        self, labels: np.ndarray, logits: np.ndarray, grad_loss: np.ndarray | None
+    ) -> LossResult:
+        feeds = {
+            "labels": np.ascontiguousarray(labels).reshape(self.layout[0]),
+            "logits": np.ascontiguousarray(logits).reshape(self.layout[1]),
+            **self.constants,
+        }
+        if self.grad_shape is not None:
+            feeds["grad_loss"] = (
+                _unit_grad_loss(self.grad_type, len(self.grad_shape))
+                if grad_loss is None
+                else np.ascontiguousarray(grad_loss, self.grad_type).reshape(self.grad_shape)
+            )
+        arrays = self._run(feeds)
+        return LossResult(
+            dtype=self.dtype,
+            **{n: a.reshape(shape) for (n, shape), a in zip(self.names, arrays, strict=True)},
+        )
+
+
+_Call = TypeVar("_Call", _Soft, _Sparse)
+
+
 class Engine:
     """Computes loss and gradients for any rank, dim, dtype and option, through ONNX
     Runtime sessions: TensorFlow's ops' built at start, the options' on first use."""
@@ -683,6 +745,7 @@ class Engine:
         # Nodes of each graph: a bound on the block-sized tensors one run can hold.
         self._nodes: dict[GraphKey, int] = {}
         self._building = threading.Lock()
+        self._checks: dict[tuple[object, ...], object] = {}
         # Built now: TensorFlow's two ops, every dtype, layout and output subset (80
         # sessions, about 0.25 s and 40 MiB). The graphs of label smoothing and class
         # weights, and of the sparse op along a dim that is not the last, are built on
@@ -834,6 +897,73 @@ class Engine:
     def _chunks(self, compute: DType, classes: int, rows_layout: bool) -> np.ndarray | None:
         return _chunks(compute, classes, rows_layout) if self.chunked_softmax else None
 
+    def _direct_soft(self, s: _Soft) -> _Direct | bool:
+        """The one run of a small soft call without options or broadcast, else False."""
+        elements = s.outer * s.classes * s.inner
+        if (
+            s.labels != s.logits
+            or s.compute is not s.dtype
+            or s.dtype is DType.bfloat16  # ORT's plain run takes no bfloat16
+            or not 0 < elements <= SMALL_ELEMENTS
+        ):
+            return False
+        layout = (s.outer, s.classes) if s.rows_layout else (s.outer, s.classes, s.inner)
+        outs = s.wanted - _WEIGHT_SUM
+        chunks = self._chunks(s.compute, s.classes, s.rows_layout)
+        rank = len(layout)
+        session = self._session(("soft", s.dtype, rank, outs, False, chunks is not None))
+        shapes = {"loss": s.loss_shape, "grad_logits": s.full, "grad_labels": s.full}
+        names = [n for n in _SOFT_GRAPH_OUTPUTS if n in outs]
+        grads = outs != _LOSS_ONLY
+        return _Direct(
+            session=session,
+            names=names,
+            shapes=[shapes[n] for n in names],
+            layout=(layout, layout),
+            grad_shape=(s.outer, 1, s.inner)[:rank] if grads else None,
+            grad_type=_ORT_NUMPY[s.dtype],
+            constants={} if chunks is None else {"chunks": chunks},
+            dtype=s.dtype,
+        )
+
+    def _direct_sparse(self, s: _Sparse) -> _Direct | bool:
+        """The one run of a small sparse call without options, else False."""
+        elements = s.outer * s.classes * s.inner
+        if s.dtype is DType.bfloat16 or not 0 < elements <= SMALL_ELEMENTS:
+            return False
+        lay = (s.outer,) if s.rows_layout else (s.outer, s.inner)
+        layout = (s.outer, s.classes) if s.rows_layout else (s.outer, s.classes, s.inner)
+        outs = s.wanted - _WEIGHT_SUM
+        chunks = self._chunks(s.compute, s.classes, s.rows_layout)
+        key = ("sparse", s.dtype, s.label_dtype, len(layout), outs, False, chunks is not None)
+        names = [n for n in _SPARSE_GRAPH_OUTPUTS if n in outs]
+        shapes = {"loss": s.labels, "grad_logits": s.logits}
+        return _Direct(
+            session=self._session(key),
+            names=names,
+            shapes=[shapes[n] for n in names],
+            layout=(lay, layout),
+            grad_shape=lay if "grad_logits" in outs else None,
+            grad_type=_ORT_NUMPY[s.dtype],
+            constants={} if chunks is None else {"chunks": chunks},
+            dtype=s.dtype,
+        )
+
+    def _checked(self, check: Callable[..., _Call], args: tuple[Any, ...]) -> _Call:
+        """`check(*args)`, remembered: an evaluation job sends the same shapes, dtypes and
+        options over and over, and the checks cost a small call a fifth of its time.
+        Only successes are kept (an error is raised again each time), at most CHECKED."""
+        try:
+            key = (check, *args[:3], tuple(args[3]), *args[4:])
+            found = self._checks.get(key)
+        except TypeError:  # something unhashable in the outputs or options: check it
+            return check(*args)
+        if found is None:
+            found = check(*args)
+            if len(self._checks) < CHECKED:
+                self._checks[key] = found
+        return found  # type: ignore[return-value]
+
     def _node_count(self, key: GraphKey) -> int:
         self._session(key)
         return self._nodes[key]
@@ -855,7 +985,7 @@ class Engine:
         """tf.nn.softmax_cross_entropy_with_logits_v2 and, if asked, its gradients; with
         class weights, sample weights, label smoothing and a reduction if asked (README,
         "Evaluation options", has the formulas)."""
-        s = _check_soft(
+        args = (
             (labels.shape, labels.dtype),
             (logits.shape, logits.dtype),
             _spec(grad_loss),
@@ -866,8 +996,13 @@ class Engine:
             _spec(sample_weights),
             options,
         )
+        s = self._checked(_check_soft, args)
         x = s.extras
         if not x.active:
+            if s.direct is None:
+                s.direct = self._direct_soft(s)
+            if s.direct:
+                return s.direct(labels, logits, grad_loss)  # type: ignore[operator, no-any-return]
             if math.prod(s.loss_shape) == 0:
                 return _empty(s.dtype, s.wanted, s.loss_shape, labels.shape, logits.shape)
             plain = self._soft(s, labels, logits, grad_loss, {})
@@ -1029,7 +1164,7 @@ class Engine:
         """tf.nn.sparse_softmax_cross_entropy_with_logits along any class `dim`, with the
         evaluation options of PyTorch's cross_entropy if asked (README, "Evaluation
         options")."""
-        s = _check_sparse(
+        args = (
             (labels.shape, labels.dtype),
             (logits.shape, logits.dtype),
             _spec(grad_loss),
@@ -1040,6 +1175,7 @@ class Engine:
             _spec(sample_weights),
             options,
         )
+        s = self._checked(_check_sparse, args)
         x = s.extras
         if labels.size == 0 and not x.active:
             return _empty(s.dtype, s.wanted, labels.shape, labels.shape, logits.shape)
@@ -1055,6 +1191,10 @@ class Engine:
                 hint = "" if x.ignore_index is not None else "; to skip padding, set ignore_index"
                 raise LabelOutOfRange(f"labels must be in [0, {s.classes}); found {bad}{hint}")
         if not x.active:
+            if s.direct is None:
+                s.direct = self._direct_sparse(s)
+            if s.direct:
+                return s.direct(labels, logits, grad_loss)  # type: ignore[operator, no-any-return]
             return LossResult(dtype=s.dtype, **self._sparse(s, labels, logits, grad_loss, {}, {}))
 
         weights = _weight_values("class_weights", class_weights)
