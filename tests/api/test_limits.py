@@ -11,7 +11,6 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
-from service.engine import sessions
 from service.settings import Settings
 
 SOFT = "/v1/softmax_cross_entropy_with_logits"
@@ -98,13 +97,27 @@ def test_slow_body_is_408() -> None:
 def test_onnx_runtime_failure_is_503_and_the_server_recovers(
     client: TestClient, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real = sessions.InferenceSession.run_with_iobinding
+    class Broken:
+        """ONNX Runtime's native session, failing every run (bound or plain)."""
 
-    def broken(self: object, *args: object, **kwargs: object) -> None:
-        raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : injected fault")
+        def __init__(self, real: object) -> None:
+            self.real = real
 
-    monkeypatch.setattr(sessions.InferenceSession, "run_with_iobinding", broken)
-    for path, body in ((SOFT, BODY), (INFER, None)):
+        def __getattr__(self, name: str) -> object:
+            if name in ("run", "run_with_iobinding"):
+                return self.fail
+            return getattr(self.real, name)
+
+        @staticmethod
+        def fail(*args: object) -> None:
+            raise RuntimeError("[ONNXRuntimeError] : 6 : RUNTIME_EXCEPTION : injected fault")
+
+    engine = client.app.state.engine  # type: ignore[attr-defined]
+    engine._checks.clear()  # small calls' runs are prepared anew, on the broken sessions
+    for session in engine._sessions.values():
+        monkeypatch.setattr(session, "_sess", Broken(session._sess))
+    # plain runs (small float32), bound ones (bfloat16), v2
+    for path, body in ((SOFT, BODY), (SOFT, {**BODY, "dtype": "bfloat16"}), (INFER, None)):
         if body is None:
             response = client.post(
                 path,
@@ -121,7 +134,8 @@ def test_onnx_runtime_failure_is_503_and_the_server_recovers(
             message = response.json()["detail"]
         assert response.status_code == 503
         assert "ONNX Runtime failed" in message and "injected" not in message
-    monkeypatch.setattr(sessions.InferenceSession, "run_with_iobinding", real)
+    monkeypatch.undo()
+    engine._checks.clear()
     assert client.post(SOFT, json=BODY).status_code == 200
 
 
