@@ -61,6 +61,10 @@ def _mib(n: int) -> str:
     return f"{n / (1 << 20):.1f} MiB"
 
 
+# How stale the memory and queue gauges may be (MemoryBudget._changed).
+GAUGE_DELAY = 0.05
+
+
 class MemoryBudget:
     """Bytes this worker may hold for requests; waiters are served strictly in order.
 
@@ -81,6 +85,7 @@ class MemoryBudget:
         self._waiters: deque[tuple[int, asyncio.Future[None]]] = deque()
         self.holders = 0  # leases holding memory
         self.stuck = 0  # of those, the ones waiting for more
+        self._gauges: asyncio.TimerHandle | None = None
         metrics.MEMORY_BUDGET.set(total)
 
     @property
@@ -93,7 +98,7 @@ class MemoryBudget:
     async def _acquire(self, size: int, holding: bool) -> None:
         if not self._waiters and size <= self.free:
             self.free -= size
-            metrics.MEMORY_HELD.set(self.total - self.free)
+            self._changed()
             return
         if len(self._waiters) >= self.max_queue:
             raise Overloaded(
@@ -108,7 +113,7 @@ class MemoryBudget:
         granted: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         entry = (size, granted)
         self._waiters.append(entry)
-        metrics.QUEUE_WAITING.set(len(self._waiters))
+        self._changed()
         self.stuck += holding
         try:
             async with asyncio.timeout(self.timeout):
@@ -137,6 +142,20 @@ class MemoryBudget:
             size, granted = self._waiters.popleft()
             self.free -= size
             granted.set_result(None)
+        self._changed()
+
+    def _changed(self) -> None:
+        """Write the gauges GAUGE_DELAY after a change, once for all the changes meanwhile:
+        a request moves its lease several times, and each write of a (multiprocess) gauge
+        cost a small request ~2 us; /metrics writes them first (`write_gauges`)."""
+        if self._gauges is None:
+            loop = asyncio.get_running_loop()
+            self._gauges = loop.call_later(GAUGE_DELAY, self.write_gauges)
+
+    def write_gauges(self) -> None:
+        if self._gauges is not None:
+            self._gauges.cancel()
+            self._gauges = None
         metrics.MEMORY_HELD.set(self.total - self.free)
         metrics.QUEUE_WAITING.set(len(self._waiters))
 

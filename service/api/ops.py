@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
+from starlette.concurrency import run_in_threadpool
 
 from service.api import metrics
 
@@ -37,7 +38,11 @@ async def ready(request: Request) -> JSONResponse:
     response_class=Response,
     responses={200: {"content": {"text/plain": {}}, "description": "Prometheus text format"}},
 )
-def prometheus_metrics() -> Response:
-    """Request counts and latency by route and status, body sizes, inference time, in flight."""
-    body, content_type = metrics.render()
+async def prometheus_metrics(request: Request) -> Response:
+    """Request counts and latency by route and status, body sizes, inference time, in flight,
+    memory held and requests waiting for it."""
+    budget = getattr(request.app.state, "budget", None)
+    if budget is not None:  # this worker's gauges as they are now (others: within 50 ms)
+        budget.write_gauges()
+    body, content_type = await run_in_threadpool(metrics.render)  # reads files: off the loop
     return Response(body, media_type=content_type)

@@ -319,6 +319,7 @@ class _Soft:
     extras: _Extras
     # The small call's one run (_Direct), made on the first call; False where there is none
     direct: object = None
+    plan: Plan | None = None  # Engine.plan's answer, made on the first plan
 
 
 def _check_soft(
@@ -419,6 +420,7 @@ class _Sparse:
     extras: _Extras
     # The small call's one run (_Direct), made on the first call; False where there is none
     direct: object = None
+    plan: Plan | None = None  # Engine.plan's answer, made on the first plan
 
 
 def _check_sparse(
@@ -828,11 +830,19 @@ class Engine:
         )
         assert y is not None and x is not None
         if op == SOFT_OP:
-            soft = _check_soft(y, x, g, outputs, dim, self.max_elements, cw, sw, options)
-            return self._soft_plan(soft)
+            soft = self._checked(
+                _check_soft, (y, x, g, outputs, dim, self.max_elements, cw, sw, options)
+            )
+            if soft.plan is None:
+                soft.plan = self._soft_plan(soft)
+            return soft.plan
         if op == SPARSE_OP:
-            sparse = _check_sparse(y, x, g, outputs, self.max_elements, dim, cw, sw, options)
-            return self._sparse_plan(sparse)
+            sparse = self._checked(
+                _check_sparse, (y, x, g, outputs, self.max_elements, dim, cw, sw, options)
+            )
+            if sparse.plan is None:
+                sparse.plan = self._sparse_plan(sparse)
+            return sparse.plan
         raise ValueError(f"unknown op {op!r}; expected {SOFT_OP!r} or {SPARSE_OP!r}")
 
     @staticmethod
