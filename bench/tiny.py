@@ -1,0 +1,114 @@
+"""Small calls, this tree against another (`--base`, e.g. `git worktree add /tmp/base
+c45ac14`), side by side in one run:
+
+* the engine in process: a 32 x 10 float32 loss, and loss + both gradients, against a
+  numpy loss in the same process (best of 5 rounds of 3000 calls, each tree in its own
+  process, alternated);
+* small requests over HTTP (32 x 10 FP32, loss back) with wrk at 1 and 8 connections:
+  v1 JSON, v2 JSON, v2 binary; both servers up at once, runs interleaved, best of
+  `--rounds`.
+
+    python -m bench.tiny --base /tmp/base [--seconds 3 --rounds 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from bench import servers
+from bench.http import payloads, wrk
+
+ENGINE_SCRIPT = """
+import json, time
+import numpy as np
+from service.engine.engine import Engine
+from bench.engine import numpy_loss
+engine = Engine()
+rng = np.random.default_rng(0)
+labels = rng.random((32, 10)).astype(np.float32)
+labels /= labels.sum(1, keepdims=True)
+logits = rng.standard_normal((32, 10)).astype(np.float32)
+every = ["loss", "grad_logits", "grad_labels"]
+calls = {
+    "engine loss": lambda: engine.softmax_cross_entropy(labels=labels, logits=logits),
+    "engine loss + grads": lambda: engine.softmax_cross_entropy(
+        labels=labels, logits=logits, outputs=every
+    ),
+    "numpy loss": lambda: numpy_loss(labels, logits),
+}
+best = {}
+for name, call in calls.items():
+    for _ in range(300):
+        call()
+    for _ in range(5):
+        start = time.perf_counter()
+        for _ in range(3000):
+            call()
+        best[name] = min(best.get(name, 1e9), (time.perf_counter() - start) / 3000 * 1e6)
+print(json.dumps(best))
+"""
+
+
+def engine_times(trees: dict[str, Path], rounds: int = 3) -> dict[str, dict[str, float]]:
+    best: dict[str, dict[str, float]] = {name: {} for name in trees}
+    for _ in range(rounds):
+        for name, tree in trees.items():
+            out = subprocess.run(
+                [sys.executable, "-c", ENGINE_SCRIPT],
+                cwd=tree,
+                env={"PYTHONPATH": f"{tree}:{servers.ROOT}", "PATH": "/usr/bin:/bin"},
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            for key, value in json.loads(out.stdout).items():
+                best[name][key] = min(best[name].get(key, 1e9), value)
+    return best
+
+
+def http_rates(trees: dict[str, Path], seconds: float, rounds: int) -> list[dict[str, object]]:
+    paths = payloads()
+    ports = {name: servers.free_port() for name in trees}
+    root = servers.ROOT
+    best: dict[tuple[int, str, str], float] = {}
+    with contextlib.ExitStack() as stack:
+        for name, tree in trees.items():
+            servers.ROOT = tree  # the server's working directory: `-m service` imports it
+            stack.enter_context(servers.running(*servers.service(ports[name])))
+        servers.ROOT = root
+        for _ in range(rounds):
+            for connections in (1, 8):
+                for path_name in ("v1 JSON", "v2 JSON", "v2 binary"):
+                    path, body, headers = paths[path_name]
+                    for name in trees:
+                        url = f"http://127.0.0.1:{ports[name]}{path}"
+                        rps = wrk(url, body, headers, connections, seconds)["rps"]
+                        key = (connections, path_name, name)
+                        best[key] = max(best.get(key, 0.0), rps)
+    return [
+        {"connections": c, "path": p, "tree": t, "rps": round(r)}
+        for (c, p, t), r in sorted(best.items())
+    ]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--base", type=Path, required=True)
+    parser.add_argument("--seconds", type=float, default=3)
+    parser.add_argument("--rounds", type=int, default=2)
+    args = parser.parse_args()
+    trees = {"before": args.base.resolve(), "after": servers.ROOT}
+    report = {
+        "engine_us": engine_times(trees),
+        "http": http_rates(trees, args.seconds, args.rounds),
+    }
+    print(json.dumps(report, indent=1))
+
+
+if __name__ == "__main__":
+    main()
