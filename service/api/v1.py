@@ -250,10 +250,10 @@ def encode_json(result: LossResult, name: str | None) -> bytes:
     return json_tensor.dumps(document)
 
 
-def encode_safetensors(result: LossResult, name: str | None) -> bytes:
+def encode_safetensors(result: LossResult, name: str | None) -> list[bytes | memoryview]:
     """A LossResult as a safetensors body; name and dtype in its metadata."""
     metadata = {"dtype": result.dtype.name, **({"name": name} if name is not None else {})}
-    return safetensors.encode(dict(result.items()), metadata)
+    return safetensors.encode_buffers(dict(result.items()), metadata)
 
 
 async def _serve(request: Request, *, sparse: bool) -> Response:
@@ -295,8 +295,9 @@ async def _serve(request: Request, *, sparse: bool) -> Response:
         result = compute(
             env.engine, op, call.tensors, outputs=call.outputs, dim=call.dim, options=call.options
         )
-        encode = encode_safetensors if wants_safetensors else encode_json
-        return Encoded([encode(result, call.name)], answer_type)
+        if wants_safetensors:
+            return Encoded(encode_safetensors(result, call.name), answer_type)
+        return Encoded([encode_json(result, call.name)], answer_type)
 
     if media_type == JSON:
         limit = min(settings.max_request_bytes, settings.max_json_bytes)
