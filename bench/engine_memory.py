@@ -92,13 +92,30 @@ def measure(
     module = load_engine(engine_file)
     if block_bytes is not None:
         setattr(module, "BLOCK_BYTES", block_bytes)  # noqa: B010 (a module, typed loosely)
-    labels_text, logits_text, dtype_name, dim_text = case.split(":")
+    # labels : logits : dtype : dim [: options], options "chunked" and/or "weighted"
+    # (class and sample weights, smoothing 0.1, reduction mean)
+    labels_text, logits_text, dtype_name, dim_text, *extra = case.split(":")
+    flags = set(extra[0].split("+")) if extra else set()
     dtype = DType[dtype_name]
-    engine = module.Engine(providers="cpu")
+    engine = module.Engine(
+        providers="cpu", **({"chunked_softmax": True} if "chunked" in flags else {})
+    )
     rng = np.random.default_rng(0)
     labels = rng.random(_shape(labels_text)).astype(dtype.numpy)
     logits = rng.standard_normal(_shape(logits_text)).astype(dtype.numpy)
     dim = int(dim_text)
+    options: dict[str, Any] = {}
+    if "weighted" in flags:
+        from service.engine.types import Options
+
+        full = np.broadcast_shapes(labels.shape, logits.shape)
+        loss_shape = full[: dim % len(full)] + full[dim % len(full) + 1 :]
+        options = {
+            "class_weights": rng.random(full[dim]).astype(dtype.numpy),
+            "sample_weights": rng.random(loss_shape).astype(dtype.numpy),
+            "options": Options("mean", 0.1),
+        }
+    specs = {k: (v.shape, DType.of(v)) for k, v in options.items() if isinstance(v, np.ndarray)}
     plan = None
     if hasattr(engine, "plan"):
         p = engine.plan(
@@ -108,13 +125,17 @@ def measure(
             grad_loss=None,
             outputs=EVERYTHING,
             dim=dim,
+            **specs,
+            **({"options": options["options"]} if options else {}),
         )
         plan = {"elements": p.elements, "output_bytes": p.output_bytes, "work_bytes": p.work_bytes}
     gc.collect()
     Path("/proc/self/clear_refs").write_text("5")  # the high-water mark starts again here
     before = _status("VmRSS")
     start = time.perf_counter()
-    result = engine.softmax_cross_entropy(labels=labels, logits=logits, dim=dim, outputs=EVERYTHING)
+    result = engine.softmax_cross_entropy(
+        labels=labels, logits=logits, dim=dim, outputs=EVERYTHING, **options
+    )
     seconds = time.perf_counter() - start
     peak = _status("VmHWM") - before
     del result

@@ -28,6 +28,10 @@ CASES = [
     "256,1,64:1,4096,64:float32:1",  # planes, labels broadcast along the classes
     "128,1,256:128,4096,1:float16:-1",  # partly broadcast outer groups, half types
     "1,8192:8192,8192:bfloat16:-1",  # TensorFlow's case: one row of labels
+    "2048,8192:2048,8192:float32:-1:chunked",  # chunked class sums (SCE_CHUNKED_SOFTMAX)
+    "64,4096,16:64,4096,16:float32:1:chunked",  # chunked, planes
+    "1,8192:2048,8192:float16:-1:weighted",  # weights, smoothing and a mean
+    "1,4096,1:64,4096,16:float32:1:weighted+chunked",
 ]
 
 
