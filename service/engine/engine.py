@@ -354,6 +354,8 @@ def _check_soft(
         ) from None
     _check_size("labels and logits broadcast", full, max_elements)
     rank = len(full)
+    if type(dim) is not int:
+        raise InvalidDim(f"dim must be an integer; got {_clip(dim)}")
     if not -rank <= dim < rank:
         raise InvalidDim(f"dim {dim} is out of range for rank {rank} (use {-rank}..{rank - 1})")
     dim %= rank
@@ -444,6 +446,8 @@ def _check_sparse(
     if not shape:
         raise ShapeMismatch("logits must have rank >= 1; got a scalar")
     rank = len(shape)
+    if type(dim) is not int:
+        raise InvalidDim(f"dim must be an integer; got {_clip(dim)}")
     if not -rank <= dim < rank:
         raise InvalidDim(f"dim {dim} is out of range for rank {rank} (use {-rank}..{rank - 1})")
     dim %= rank
@@ -963,8 +967,15 @@ class Engine:
         """`check(*args)`, remembered: an evaluation job sends the same shapes, dtypes and
         options over and over, and the checks cost a small call a fifth of its time.
         Only successes are kept (an error is raised again each time), at most CHECKED."""
+        options: Options = args[8]
         try:
-            key = (check, *args[:3], tuple(args[3]), *args[4:])
+            # with the scalars' types: True == 1 and 1.0 == 1, but dim=True is refused
+            kinds: tuple[type, ...] = (
+                *map(type, args[4:6]),
+                type(options.label_smoothing),
+                type(options.ignore_index),
+            )
+            key = (check, *args[:3], tuple(args[3]), *args[4:], *kinds)
             found = self._checks.get(key)
         except TypeError:  # something unhashable in the outputs or options: check it
             return check(*args)

@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 
 from service.engine import engine as engine_module
 from service.engine.engine import Engine, LossResult
-from service.errors import InvalidArgument, LabelOutOfRange
+from service.engine.types import Options
+from service.errors import InvalidArgument, InvalidDim, LabelOutOfRange
 from tests.reference import NUMPY
 
 FAST_DTYPES = ["float16", "float32", "float64"]  # bfloat16 always takes the bound path
@@ -137,3 +138,16 @@ def test_remembered_checks_are_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
     for n in range(1, 10):
         engine.softmax_cross_entropy(labels=np.ones((n, 2)), logits=np.ones((n, 2)))
     assert len(engine._checks) == 4
+
+
+def test_remembered_checks_tell_booleans_from_numbers(engine: Engine) -> None:
+    """True == 1 and hash alike: a remembered dim=1 must not let dim=True through."""
+    labels, logits = np.full((2, 3), 1 / 3), np.zeros((2, 3))
+    engine.softmax_cross_entropy(labels=labels, logits=logits, dim=1)
+    with pytest.raises(InvalidDim, match="dim must be an integer"):
+        engine.softmax_cross_entropy(labels=labels, logits=logits, dim=True)
+    engine.softmax_cross_entropy(labels=labels, logits=logits, options=Options(label_smoothing=1.0))
+    with pytest.raises(InvalidArgument, match="label_smoothing"):
+        engine.softmax_cross_entropy(
+            labels=labels, logits=logits, options=Options(label_smoothing=True)
+        )
