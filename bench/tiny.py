@@ -8,9 +8,13 @@ c45ac14`), side by side in one run:
   v1 JSON, v2 JSON, v2 binary; both servers up at once, runs interleaved, best of
   `--rounds`;
 * large answers: 1024 x 32000 FP32 in, loss + grad_logits back (131 MiB), as
-  safetensors and as v2 binary, with curl, best of 7.
+  safetensors and as v2 binary, with curl, best of 7;
+* with `--loops`, this tree only, one worker on each event loop: p50 and p99 of small
+  v1 JSON requests at 64 connections (wrk), and a 256 MiB v2 binary body (curl, best
+  of 7).
 
     python -m bench.tiny --base /tmp/base [--seconds 3 --rounds 2]
+    python -m bench.tiny --loops
 """
 
 from __future__ import annotations
@@ -163,12 +167,60 @@ def answer_times(
     return best
 
 
+def loops(seconds: float, rows: int = 32768, classes: int = 1024) -> dict[str, dict[str, float]]:
+    path, body, headers = payloads()["v1 JSON"]
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((rows, classes), dtype=np.float32)
+    labels = np.full((rows, classes), 1 / classes, np.float32)
+    header = json.dumps(
+        {
+            "inputs": [
+                {"name": n, "shape": [rows, classes], "datatype": "FP32",
+                 "parameters": {"binary_data_size": a.nbytes}}
+                for n, a in (("labels", labels), ("logits", logits))
+            ],
+            "outputs": [{"name": "loss", "parameters": {"binary_data": True}}],
+        }
+    ).encode()  # fmt: skip
+    ports = {loop: servers.free_port() for loop in ("uvloop", "asyncio")}
+    result: dict[str, dict[str, float]] = {loop: {} for loop in ports}
+    with contextlib.ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
+        big = Path(tmp) / "big"
+        big.write_bytes(header + labels.tobytes() + logits.tobytes())
+        for loop, port in ports.items():
+            command, ready, env = servers.service(port, workers=1, SCE_LOOP=loop)
+            env["SCE_MAX_REQUEST_BYTES"] = str(1 << 30)
+            stack.enter_context(servers.running(command, ready, env))
+        for _ in range(2):
+            for loop, port in ports.items():
+                url = f"http://127.0.0.1:{port}{path}"
+                run = wrk(url, body, headers, 64, seconds)
+                if run["p99"] < result[loop].get("p99", float("inf")):
+                    result[loop].update(rps=run["rps"], p50=run["p50"], p99=run["p99"])
+        infer = "/v2/models/softmax_cross_entropy_with_logits/infer"
+        for _ in range(7):
+            for loop, port in ports.items():
+                seconds_big = curl(
+                    f"http://127.0.0.1:{port}{infer}",
+                    big,
+                    [f"Inference-Header-Content-Length: {len(header)}"],
+                )
+                result[loop]["256 MiB s"] = min(result[loop].get("256 MiB s", 1e9), seconds_big)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--base", type=Path, required=True)
+    parser.add_argument("--base", type=Path)
+    parser.add_argument("--loops", action="store_true")
     parser.add_argument("--seconds", type=float, default=3)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
+    if args.loops:
+        print(json.dumps(loops(args.seconds), indent=1))
+        return
+    if args.base is None:
+        parser.error("--base is needed (or --loops)")
     trees = {"before": args.base.resolve(), "after": servers.ROOT}
     report = {
         "engine_us": engine_times(trees),

@@ -61,7 +61,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         "workers": settings.workers,
         "log_level": settings.log_level,
         "log_config": log_config(settings.log_level, settings.log_json, settings.access_log),
-        "loop": settings.loop,
+        "loop": settings.event_loop,
         # Header size and time limits, keep-alive and send timeouts (SCE_*): see protocol.py
         "http": ServiceHttpProtocol,
         "access_log": False,

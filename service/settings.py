@@ -19,11 +19,19 @@ class Settings(BaseSettings):
     """TCP port to listen on."""
     workers: int = Field(1, ge=1, le=64)
     """uvicorn worker processes; each builds its own sessions."""
-    loop: Literal["uvloop", "asyncio"] = "uvloop"
-    """Event loop. uvloop reads large bodies ~20% faster; with one worker saturated by many
-    connections it serves them unevenly (p99 0.4-1.3 s at 64 on 2 CPUs, against ~60-100 ms
-    with asyncio's loop, for about the same req/s). Several workers need uvloop: asyncio's
-    accept loop hands one worker every connection of a burst."""
+    loop: Literal["auto", "uvloop", "asyncio"] = "auto"
+    """Event loop; auto: asyncio's for one worker, uvloop for several. With one worker
+    saturated by many connections uvloop serves them unevenly (p99 16-19x p50 at 64
+    connections on 2 CPUs, against 1.0x with asyncio's loop, at the same req/s); it reads
+    large bodies ~14% faster. Several workers need uvloop: asyncio's accept loop hands one
+    worker every connection of a burst (bench/tiny.py --loops)."""
+
+    @property
+    def event_loop(self) -> Literal["uvloop", "asyncio"]:
+        """The loop `loop` names, `auto` resolved by the number of workers."""
+        if self.loop == "auto":
+            return "asyncio" if self.workers == 1 else "uvloop"
+        return self.loop
     providers: Literal["cpu", "cuda"] = "cpu"
     """Execution provider: cpu, or cuda (CUDA first, CPU fallback with a warning)."""
     intra_op_threads: int | None = Field(None, ge=1, le=1024)

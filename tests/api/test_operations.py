@@ -142,6 +142,21 @@ def test_intra_op_threads_setting_is_applied() -> None:
     assert Engine(intra_op_threads=1).intra_op_threads == 1
 
 
+@pytest.mark.parametrize(
+    ("loop", "workers", "expected"),
+    [
+        ("auto", 1, "asyncio"),  # fair to many connections on one worker
+        ("auto", 2, "uvloop"),  # asyncio's accept loop would feed one worker every burst
+        ("uvloop", 1, "uvloop"),
+        ("asyncio", 4, "asyncio"),
+    ],
+)
+def test_the_event_loop_follows_the_workers_unless_named(
+    loop: str, workers: int, expected: str
+) -> None:
+    assert Settings(loop=loop, workers=workers).event_loop == expected
+
+
 def test_chunked_softmax_setting_reaches_the_engine(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SCE_CHUNKED_SOFTMAX", "true")
     with TestClient(create_app(Settings())) as client:
