@@ -22,9 +22,9 @@ class Settings(BaseSettings):
     loop: Literal["auto", "uvloop", "asyncio"] = "auto"
     """Event loop; auto: asyncio's for one worker, uvloop for several. With one worker
     saturated by many connections uvloop serves them unevenly (p99 16-19x p50 at 64
-    connections on 2 CPUs, against 1.0x with asyncio's loop, at the same req/s); it reads
-    large bodies ~14% faster. Several workers need uvloop: asyncio's accept loop hands one
-    worker every connection of a burst (bench/tiny.py --loops)."""
+    connections on 2 CPUs, against 1.0x with asyncio's loop, at the same req/s); large
+    bodies read about as fast on either here. Several workers need uvloop: asyncio's
+    accept loop hands one worker every connection of a burst (bench/tiny.py --loops)."""
 
     @property
     def event_loop(self) -> Literal["uvloop", "asyncio"]:
@@ -32,6 +32,7 @@ class Settings(BaseSettings):
         if self.loop == "auto":
             return "asyncio" if self.workers == 1 else "uvloop"
         return self.loop
+
     providers: Literal["cpu", "cuda"] = "cpu"
     """Execution provider: cpu, or cuda (CUDA first, CPU fallback with a warning)."""
     intra_op_threads: int | None = Field(None, ge=1, le=1024)
