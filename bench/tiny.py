@@ -115,9 +115,10 @@ def curl(url: str, path: Path, headers: list[str]) -> float:
     return float(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
 
 
-def answer_times(
-    trees: dict[str, Path], rows: int = 1024, classes: int = 32000
-) -> dict[str, float]:
+def _binary_request(
+    rows: int, classes: int, outputs: list[str]
+) -> tuple[np.ndarray, np.ndarray, bytes]:
+    """Labels, logits and the v2 JSON header that sends them as binary, outputs binary."""
     rng = np.random.default_rng(0)
     logits = rng.standard_normal((rows, classes), dtype=np.float32)
     labels = np.full((rows, classes), 1 / classes, np.float32)
@@ -128,11 +129,16 @@ def answer_times(
                  "parameters": {"binary_data_size": a.nbytes}}
                 for n, a in (("labels", labels), ("logits", logits))
             ],
-            "outputs": [
-                {"name": o, "parameters": {"binary_data": True}} for o in ("loss", "grad_logits")
-            ],
+            "outputs": [{"name": o, "parameters": {"binary_data": True}} for o in outputs],
         }
     ).encode()  # fmt: skip
+    return labels, logits, header
+
+
+def answer_times(
+    trees: dict[str, Path], rows: int = 1024, classes: int = 32000
+) -> dict[str, float]:
+    labels, logits, header = _binary_request(rows, classes, ["loss", "grad_logits"])
     requests = {
         "safetensors": (
             "/v1/softmax_cross_entropy_with_logits?outputs=loss,grad_logits",
@@ -169,19 +175,7 @@ def answer_times(
 
 def loops(seconds: float, rows: int = 32768, classes: int = 1024) -> dict[str, dict[str, float]]:
     path, body, headers = payloads()["v1 JSON"]
-    rng = np.random.default_rng(0)
-    logits = rng.standard_normal((rows, classes), dtype=np.float32)
-    labels = np.full((rows, classes), 1 / classes, np.float32)
-    header = json.dumps(
-        {
-            "inputs": [
-                {"name": n, "shape": [rows, classes], "datatype": "FP32",
-                 "parameters": {"binary_data_size": a.nbytes}}
-                for n, a in (("labels", labels), ("logits", logits))
-            ],
-            "outputs": [{"name": "loss", "parameters": {"binary_data": True}}],
-        }
-    ).encode()  # fmt: skip
+    labels, logits, header = _binary_request(rows, classes, ["loss"])
     ports = {loop: servers.free_port() for loop in ("uvloop", "asyncio")}
     result: dict[str, dict[str, float]] = {loop: {} for loop in ports}
     with contextlib.ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:

@@ -205,6 +205,15 @@ class _Extras:
         )
 
 
+def _class_dim(dim: object, rank: int) -> int:
+    """`dim` as an index in [0, rank): an int (not a bool) in [-rank, rank)."""
+    if type(dim) is not int:
+        raise InvalidDim(f"dim must be an integer; got {_clip(dim)}")
+    if not -rank <= dim < rank:
+        raise InvalidDim(f"dim {dim} is out of range for rank {rank} (use {-rank}..{rank - 1})")
+    return dim % rank
+
+
 def _clip(value: object) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
@@ -354,11 +363,7 @@ def _check_soft(
         ) from None
     _check_size("labels and logits broadcast", full, max_elements)
     rank = len(full)
-    if type(dim) is not int:
-        raise InvalidDim(f"dim must be an integer; got {_clip(dim)}")
-    if not -rank <= dim < rank:
-        raise InvalidDim(f"dim {dim} is out of range for rank {rank} (use {-rank}..{rank - 1})")
-    dim %= rank
+    dim = _class_dim(dim, rank)
     if full[dim] == 0:
         raise InvalidArgument(
             f"the class dimension (dim {dim}) must have at least one class; "
@@ -446,11 +451,7 @@ def _check_sparse(
     if not shape:
         raise ShapeMismatch("logits must have rank >= 1; got a scalar")
     rank = len(shape)
-    if type(dim) is not int:
-        raise InvalidDim(f"dim must be an integer; got {_clip(dim)}")
-    if not -rank <= dim < rank:
-        raise InvalidDim(f"dim {dim} is out of range for rank {rank} (use {-rank}..{rank - 1})")
-    dim %= rank
+    dim = _class_dim(dim, rank)
     loss_shape = shape[:dim] + shape[dim + 1 :]
     if labels[0] != loss_shape:
         raise ShapeMismatch(
