@@ -672,6 +672,7 @@ def _quad_table() -> np.ndarray:
 _QUAD_BAD = _quad_table()
 _SYMBOL_TEXT = bytes.maketrans(b"\x01\x02\x03", b"[],")
 FAST_MIN: Final = 1 << 12  # shorter arrays go to the regular expression alone
+FLOAT_PIECE: Final = BLOCK // 8  # orjson's objects for a piece: ~2 bytes per BLOCK byte
 FAST_PIECE: Final = BLOCK // 4  # the fast check holds ~20 bytes per byte of a piece
 
 
@@ -964,14 +965,27 @@ def _numbers(text: bytes, dtype: type[np.generic]) -> np.ndarray:
         raise MalformedBody("a number could not be read") from None
 
 
+def _floats(text: bytes) -> np.ndarray:
+    """The comma-separated numbers of `text` as float64: by orjson where it reads them
+    all, ~2.3x np.fromstring's speed (its Python float per number lives for one piece of
+    FLOAT_PIECE bytes: at most 16 bytes of objects per byte); by np.fromstring where it
+    does not (NaN and Infinity, numbers beyond float64)."""
+    if b"N" not in text and b"I" not in text:
+        try:
+            return np.array(orjson.loads(b"[" + text + b"]"), np.float64)
+        except orjson.JSONDecodeError:
+            pass
+    return _numbers(text, np.float64)
+
+
 def _decode_floats(t: JsonTensor, dtype: DType, name: str) -> np.ndarray:
     out = np.empty(t.size, dtype.numpy)
     filled = 0
-    for a, b in _pieces(t.data, t.start, t.stop, _DELIMITER_BYTE):
+    for a, b in _pieces(t.data, t.start, t.stop, _DELIMITER_BYTE, FLOAT_PIECE):
         text = _positive_zeros(_numbers_text(t.data, a, b))
         if not text:
             continue
-        wide = _numbers(text, np.float64)
+        wide = _floats(text)
         count = wide.size
         if filled + count > out.size:
             raise MalformedBody(f"{name}: more numbers than its shape {list(t.shape)} holds")
