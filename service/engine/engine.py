@@ -305,18 +305,15 @@ def _kind(own: Shape, full: Shape) -> int:
     return MIXED
 
 
-@dataclass(slots=True)  # not frozen: that makes every call slower, and nothing changes it
-class _Soft:
-    """A validated soft call: what to compute, on which geometry, in blocks of what size."""
+# not frozen: that makes every call slower, and only `direct` and `plan` change, once
+@dataclass(slots=True, kw_only=True)
+class _Work:
+    """What a validated call of either op holds: what to compute, on which geometry, in
+    blocks of what size, with which options; and what the engine prepares for it once."""
 
     wanted: frozenset[Output]
     dtype: DType
-    compute: DType  # float32 for half types whose gradient is summed back, else dtype
-    numpy: np.dtype[np.generic]  # dtype's and compute's, looked up once
-    numpy_compute: np.dtype[np.generic]
-    full: Shape
-    dim: int
-    loss_shape: Shape
+    compute: DType  # float32 for half types summed back or rescaled after the run
     labels: Shape
     logits: Shape
     outer: int  # the work is [outer, classes, inner]
@@ -329,6 +326,38 @@ class _Soft:
     # The small call's one run (_Direct), made on the first call; False where there is none
     direct: object = None
     plan: Plan | None = None  # Engine.plan's answer, made on the first plan
+
+    @property
+    def rank(self) -> int:
+        """The graphs' rank: [outer, classes] or [outer, classes, inner]."""
+        return 2 if self.rows_layout else 3
+
+    @property
+    def layout(self) -> Shape:
+        """The logits' shape in the graph."""
+        if self.rows_layout:
+            return (self.outer, self.classes)
+        return (self.outer, self.classes, self.inner)
+
+    @property
+    def example_layout(self) -> Shape:
+        """A per-example tensor's shape in the graph (the layout without its classes)."""
+        return (self.outer,) if self.rows_layout else (self.outer, self.inner)
+
+    def class_layout(self, size: int) -> Shape:
+        """A per-class tensor's shape in the graph: `size` (C, or 1) along the classes."""
+        return (1, size) if self.rows_layout else (1, size, 1)
+
+
+@dataclass(slots=True, kw_only=True)
+class _Soft(_Work):
+    """A validated soft call."""
+
+    numpy: np.dtype[np.generic]  # dtype's and compute's, looked up once
+    numpy_compute: np.dtype[np.generic]
+    full: Shape
+    dim: int
+    loss_shape: Shape
 
 
 def _check_soft(
@@ -410,24 +439,11 @@ def _check_soft(
     )
 
 
-@dataclass(slots=True)
-class _Sparse:
-    wanted: frozenset[Output]
-    dtype: DType
-    compute: DType  # float32 for a half loss weighted or reduced after the run, else dtype
+@dataclass(slots=True, kw_only=True)
+class _Sparse(_Work):
+    """A validated sparse call."""
+
     label_dtype: DType
-    labels: Shape
-    logits: Shape
-    outer: int  # the work is [outer, classes, inner]
-    classes: int
-    inner: int
-    rows_layout: bool
-    block_rows: int
-    block_inner: int
-    extras: _Extras
-    # The small call's one run (_Direct), made on the first call; False where there is none
-    direct: object = None
-    plan: Plan | None = None  # Engine.plan's answer, made on the first plan
 
 
 def _check_sparse(
@@ -726,7 +742,7 @@ class _Direct:
         )
 
 
-_Call = TypeVar("_Call", _Soft, _Sparse)
+_Call = TypeVar("_Call", bound=_Work)
 
 
 class Engine:
@@ -876,9 +892,7 @@ class Engine:
             return Plan(elements, output_bytes, _EXTRAS_BYTES * examples)
         block = s.block_rows * s.classes * s.block_inner
         ort = _ORT_ITEMSIZE[s.dtype]
-        rank = 2 if s.rows_layout else 3
-        chunked = self._chunks(s.compute, s.classes, s.rows_layout) is not None
-        nodes = self._node_count(("soft", s.compute, rank, outs, _weighted(s.extras), chunked))
+        nodes = self._node_count(self._graph(s)[0])
         work = (ARENA_FACTOR * (nodes + KERNEL_SCRATCH) + NUMPY_BLOCKS) * block * ort
         if s.compute is not s.dtype:  # half gradients summed back: float32 accumulators
             for name, own in (("grad_logits", s.logits), ("grad_labels", s.labels)):
@@ -897,10 +911,7 @@ class Engine:
         outs = s.wanted - _WEIGHT_SUM
         if examples == 0 or not outs:
             return Plan(elements, output_bytes, _EXTRAS_BYTES * examples)
-        rank = 2 if s.rows_layout else 3
-        chunked = self._chunks(s.compute, s.classes, s.rows_layout) is not None
-        key = ("sparse", s.compute, s.label_dtype, rank, outs, s.extras.eps != 0.0, chunked)
-        nodes = self._node_count(key)
+        nodes = self._node_count(self._graph(s)[0])
         # a block of logits, or of int64 label indices where there is one class
         rows = s.block_rows * s.block_inner
         block = max(rows * s.classes * _ORT_ITEMSIZE[s.dtype], rows * 8)
@@ -909,8 +920,26 @@ class Engine:
             work += _EXTRAS_BYTES * examples
         return Plan(elements=elements, output_bytes=output_bytes, work_bytes=work)
 
-    def _chunks(self, compute: DType, classes: int, rows_layout: bool) -> np.ndarray | None:
-        return _chunks(compute, classes, rows_layout) if self.chunked_softmax else None
+    def _graph(self, s: _Work) -> tuple[GraphKey, np.ndarray | None]:
+        """The graph a call runs, and its `chunks` input (None: whole rows): the options'
+        variant where they need one (class weights or smoothing for the soft op,
+        smoothing for the sparse op), chunked class sums where they are on and apply."""
+        chunks = _chunks(s.compute, s.classes, s.rows_layout) if self.chunked_softmax else None
+        outs = s.wanted - _WEIGHT_SUM
+        if isinstance(s, _Sparse):
+            smoothed = s.extras.eps != 0.0
+            key: GraphKey = (
+                "sparse",
+                s.compute,
+                s.label_dtype,
+                s.rank,
+                outs,
+                smoothed,
+                chunks is not None,
+            )
+        else:
+            key = ("soft", s.compute, s.rank, outs, _weighted(s.extras), chunks is not None)
+        return key, chunks
 
     def _direct_soft(self, s: _Soft) -> _Direct | bool:
         """The one run of a small soft call without options or broadcast, else False."""
@@ -922,20 +951,16 @@ class Engine:
             or not 0 < elements <= SMALL_ELEMENTS
         ):
             return False
-        layout = (s.outer, s.classes) if s.rows_layout else (s.outer, s.classes, s.inner)
-        outs = s.wanted - _WEIGHT_SUM
-        chunks = self._chunks(s.compute, s.classes, s.rows_layout)
-        rank = len(layout)
-        session = self._session(("soft", s.dtype, rank, outs, False, chunks is not None))
+        key, chunks = self._graph(s)
         shapes = {"loss": s.loss_shape, "grad_logits": s.full, "grad_labels": s.full}
-        names = [n for n in _SOFT_GRAPH_OUTPUTS if n in outs]
-        grads = outs != _LOSS_ONLY
+        names = [n for n in _SOFT_GRAPH_OUTPUTS if n in s.wanted]
+        grads = s.wanted - _LOSS_ONLY
         return _Direct(
-            session=session,
+            session=self._session(key),
             names=names,
             shapes=[shapes[n] for n in names],
-            layout=(layout, layout),
-            grad_shape=(s.outer, 1, s.inner)[:rank] if grads else None,
+            layout=(s.layout, s.layout),
+            grad_shape=(s.outer, 1, s.inner)[: s.rank] if grads else None,
             grad_type=_ORT_NUMPY[s.dtype],
             constants={} if chunks is None else {"chunks": chunks},
             dtype=s.dtype,
@@ -946,19 +971,15 @@ class Engine:
         elements = s.outer * s.classes * s.inner
         if s.dtype is DType.bfloat16 or not 0 < elements <= SMALL_ELEMENTS:
             return False
-        lay = (s.outer,) if s.rows_layout else (s.outer, s.inner)
-        layout = (s.outer, s.classes) if s.rows_layout else (s.outer, s.classes, s.inner)
-        outs = s.wanted - _WEIGHT_SUM
-        chunks = self._chunks(s.compute, s.classes, s.rows_layout)
-        key = ("sparse", s.dtype, s.label_dtype, len(layout), outs, False, chunks is not None)
-        names = [n for n in _SPARSE_GRAPH_OUTPUTS if n in outs]
+        key, chunks = self._graph(s)
+        names = [n for n in _SPARSE_GRAPH_OUTPUTS if n in s.wanted]
         shapes = {"loss": s.labels, "grad_logits": s.logits}
         return _Direct(
             session=self._session(key),
             names=names,
             shapes=[shapes[n] for n in names],
-            layout=(lay, layout),
-            grad_shape=lay if "grad_logits" in outs else None,
+            layout=(s.example_layout, s.layout),
+            grad_shape=s.example_layout if "grad_logits" in s.wanted else None,
             grad_type=_ORT_NUMPY[s.dtype],
             constants={} if chunks is None else {"chunks": chunks},
             dtype=s.dtype,
@@ -1039,11 +1060,8 @@ class Engine:
         constants: dict[str, np.ndarray] = {}
         if _weighted(x):
             # the labels the loss sees, times the class weights: y keep_w + spread_w
-            base = np.ones(1) if weights is None else weights
-            shape = (1, base.size) if s.rows_layout else (1, base.size, 1)
-            ort = _ORT_NUMPY[s.dtype]
-            constants["keep_w"] = ((1.0 - x.eps) * base).astype(ort).reshape(shape)
-            constants["spread_w"] = (x.eps / s.classes * base).astype(ort).reshape(shape)
+            constants["keep_w"] = _per_class(s, 1.0 - x.eps, weights)
+            constants["spread_w"] = _per_class(s, x.eps / s.classes, weights)
         arrays: dict[str, np.ndarray] = {}
         if math.prod(s.loss_shape) == 0:
             arrays = _empty_arrays(s.dtype, s.wanted, s.loss_shape, labels.shape, logits.shape)
@@ -1067,19 +1085,16 @@ class Engine:
         outs = wanted - _WEIGHT_SUM
         grad_type = _ORT_NUMPY[s.dtype]
         rows_layout = s.rows_layout
-        chunks = self._chunks(s.compute, classes, rows_layout)
-        rank = 2 if rows_layout else 3
-        session = self._session(
-            ("soft", s.compute, rank, outs, bool(constants), chunks is not None)
-        )
+        key, chunks = self._graph(s)
+        session = self._session(key)
         if chunks is not None:
             constants = {**constants, "chunks": chunks}
-        layout = (s.outer, classes) if rows_layout else (s.outer, classes, s.inner)
+        layout = s.layout
         per_example = grad_loss is not None and grad_loss.ndim > 0
         if grad_loss is None:
             gl = _unit_grad_loss(grad_type, len(layout))
         elif per_example:
-            gl = grad_loss.reshape((s.outer, 1) if rows_layout else (s.outer, 1, s.inner))
+            gl = grad_loss.reshape((s.outer, 1, s.inner)[: s.rank])
         else:
             gl = np.asarray(grad_loss, grad_type).reshape((1,) * len(layout))
         if (
@@ -1245,15 +1260,12 @@ class Engine:
         if smoothed:
             ort = _ORT_NUMPY[s.dtype]
             keep, spread = 1.0 - x.eps, x.eps / s.classes
-            base = np.ones(1) if weights is None else weights
-            shape = (1, base.size) if s.rows_layout else (1, base.size, 1)
-            constants["spread_w"] = (spread * base).astype(ort).reshape(shape)
+            constants["spread_w"] = _per_class(s, spread, weights)
             w_y = np.ones(1) if label_weights is None else label_weights
             examples["keep_w_y"] = (keep * w_y).astype(ort)
             if "grad_logits" in s.wanted:
-                examples["mass"] = (
-                    keep * w_y + spread * float(base.sum() * s.classes / base.size)
-                ).astype(ort)
+                weight_total = s.classes if weights is None else float(weights.sum())
+                examples["mass"] = (keep * w_y + spread * weight_total).astype(ort)
         arrays: dict[str, np.ndarray] = {}
         if labels.size == 0:
             arrays = _empty_arrays(s.dtype, s.wanted, labels.shape, labels.shape, logits.shape)
@@ -1276,15 +1288,11 @@ class Engine:
         graph's per-example inputs, of the labels' shape or of one element."""
         outs = s.wanted - _WEIGHT_SUM
         rows_layout = s.rows_layout
-        rank = 2 if rows_layout else 3
-        chunks = self._chunks(s.compute, s.classes, rows_layout)
-        session = self._session(
-            ("sparse", s.compute, s.label_dtype, rank, outs, bool(constants), chunks is not None)
-        )
+        key, chunks = self._graph(s)
+        session = self._session(key)
         if chunks is not None:
             constants = {**constants, "chunks": chunks}
-        lay = (s.outer,) if rows_layout else (s.outer, s.inner)
-        layout = (s.outer, s.classes) if rows_layout else (s.outer, s.classes, s.inner)
+        lay, layout = s.example_layout, s.layout
         per = dict(examples)
         per["labels"] = labels
         if "grad_logits" in outs:
@@ -1370,6 +1378,13 @@ def _rescaled(extras: _Extras, wanted: frozenset[Output]) -> bool:
             or extras.class_weights
         )
     )
+
+
+def _per_class(s: _Work, factor: float, weights: np.ndarray | None) -> np.ndarray:
+    """`factor` times the class weights (1 for each class without them) as a per-class
+    graph input, in the compute type."""
+    base = np.ones(1) if weights is None else weights
+    return (factor * base).astype(_ORT_NUMPY[s.dtype]).reshape(s.class_layout(base.size))
 
 
 def _weighted(extras: _Extras) -> bool:

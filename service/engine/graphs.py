@@ -121,11 +121,9 @@ class _LogSoftmax:
             self._full = b.node("LogSoftmax", [logits], "log_p", axis=CLASS_AXIS)
             return
         b.inputs.append(helper.make_tensor_value_info("chunks", TensorProto.INT64, ["r"]))
-        b.initializers += [
-            helper.make_tensor("first", TensorProto.INT64, [1], [0]),
-            helper.make_tensor("second", TensorProto.INT64, [1], [1]),
-            helper.make_tensor("chunk_axis", TensorProto.INT64, [1], [CLASS_AXIS + 1]),
-        ]
+        b.initializers.append(
+            helper.make_tensor("chunk_axis", TensorProto.INT64, [1], [CLASS_AXIS + 1])
+        )
         x = b.node("Reshape", [logits, "chunks"], "logits_chunked")
         self.within = b.node("LogSoftmax", [x], "log_p_within", axis=CLASS_AXIS + 1)
         # each chunk's log-sum-exp: any of its logits less its log-probability; the
