@@ -451,8 +451,8 @@ def _check_sparse(
     logits: Spec,
     grad_loss: Spec | None,
     outputs: Sequence[str],
+    dim: int,
     max_elements: int,
-    dim: int = -1,
     class_weights: Spec | None = None,
     sample_weights: Spec | None = None,
     options: Options = DEFAULT_OPTIONS,
@@ -859,7 +859,7 @@ class Engine:
             return soft.plan
         if op == SPARSE_OP:
             sparse = self._checked(
-                _check_sparse, (y, x, g, outputs, self.max_elements, dim, cw, sw, options)
+                _check_sparse, (y, x, g, outputs, dim, self.max_elements, cw, sw, options)
             )
             if sparse.plan is None:
                 sparse.plan = self._sparse_plan(sparse)
@@ -989,14 +989,11 @@ class Engine:
         """`check(*args)`, remembered: an evaluation job sends the same shapes, dtypes and
         options over and over, and the checks cost a small call a fifth of its time.
         Only successes are kept (an error is raised again each time), at most CHECKED."""
-        options: Options = args[8]
+        # args: labels, logits, grad_loss, outputs, dim, max_elements, weights, options
+        dim, options = args[4], args[8]
         try:
             # with the scalars' types: True == 1 and 1.0 == 1, but dim=True is refused
-            kinds: tuple[type, ...] = (
-                *map(type, args[4:6]),
-                type(options.label_smoothing),
-                type(options.ignore_index),
-            )
+            kinds = (type(dim), type(options.label_smoothing), type(options.ignore_index))
             key = (check, *args[:3], tuple(args[3]), *args[4:], *kinds)
             found = self._checks.get(key)
         except TypeError:  # something unhashable in the outputs or options: check it
@@ -1206,8 +1203,8 @@ class Engine:
             (logits.shape, logits.dtype),
             _spec(grad_loss),
             outputs,
-            self.max_elements,
             dim,
+            self.max_elements,
             _spec(class_weights),
             _spec(sample_weights),
             options,
