@@ -220,6 +220,8 @@ INVALID_SPARSE = [
     (((2,), I32), ((2, 3), F32), ((2,), F32), ["loss"], -1),  # grad_loss unused
     (((2,), I32), ((2, 3), F32), ((3,), F32), ["grad_logits"], -1),  # grad_loss shape
     (((200,), I32), ((200, 200), F32), None, ["loss"], -1),  # past max_elements
+    (((2,), I32), ((2, 3), F32), None, ["loss"], 0),  # labels without dim 0 are [3]
+    (((2,), I32), ((2, 3), F32), None, ["loss"], 2),  # dim out of range
 ]
 
 
@@ -245,9 +247,13 @@ def limited() -> Engine:
     return Engine(max_elements=10_000)
 
 
-@pytest.mark.parametrize(("labels", "logits", "grad_loss", "outputs", "dim"), INVALID_SOFT)
+@pytest.mark.parametrize(
+    ("op", "labels", "logits", "grad_loss", "outputs", "dim"),
+    [(SOFT_OP, *case) for case in INVALID_SOFT] + [(SPARSE_OP, *case) for case in INVALID_SPARSE],
+)
 def test_plan_refuses_what_the_call_refuses(
     limited: Engine,
+    op: str,
     labels: Spec,
     logits: Spec,
     grad_loss: Spec | None,
@@ -256,42 +262,17 @@ def test_plan_refuses_what_the_call_refuses(
 ) -> None:
     planned = _raised(
         lambda: limited.plan(
-            SOFT_OP, labels=labels, logits=logits, grad_loss=grad_loss, outputs=outputs, dim=dim
+            op, labels=labels, logits=logits, grad_loss=grad_loss, outputs=outputs, dim=dim
         )
     )
+    call = limited.softmax_cross_entropy if op == SOFT_OP else limited.sparse_softmax_cross_entropy
     called = _raised(
-        lambda: limited.softmax_cross_entropy(
+        lambda: call(
             labels=_array(labels),
             logits=_array(logits),
             grad_loss=_maybe(grad_loss),
             outputs=outputs,
             dim=dim,
-        )
-    )
-    assert type(planned) is type(called)
-    assert str(planned) == str(called)
-
-
-@pytest.mark.parametrize(("labels", "logits", "grad_loss", "outputs", "dim"), INVALID_SPARSE)
-def test_sparse_plan_refuses_what_the_call_refuses(
-    limited: Engine,
-    labels: Spec,
-    logits: Spec,
-    grad_loss: Spec | None,
-    outputs: list[str],
-    dim: int,
-) -> None:
-    planned = _raised(
-        lambda: limited.plan(
-            SPARSE_OP, labels=labels, logits=logits, grad_loss=grad_loss, outputs=outputs, dim=dim
-        )
-    )
-    called = _raised(
-        lambda: limited.sparse_softmax_cross_entropy(
-            labels=_array(labels),
-            logits=_array(logits),
-            grad_loss=_maybe(grad_loss),
-            outputs=outputs,
         )
     )
     assert type(planned) is type(called)
