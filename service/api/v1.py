@@ -99,15 +99,7 @@ class QueryArguments:
         return [k for k, v in vars(self).items() if v is not None]
 
     def options(self) -> Options:
-        return Options(
-            reduction=DEFAULT_OPTIONS.reduction if self.reduction is None else self.reduction,
-            label_smoothing=(
-                DEFAULT_OPTIONS.label_smoothing
-                if self.label_smoothing is None
-                else self.label_smoothing
-            ),
-            ignore_index=self.ignore_index,
-        )
+        return Options.given(self.reduction, self.label_smoothing, self.ignore_index)
 
 
 NO_QUERY = QueryArguments()

@@ -156,15 +156,8 @@ def parse(name: str, spec: ModelSpec, body: Body, header_length: int | None) -> 
     if missing:
         raise InvalidArgument(f"model {name!r} needs input(s) {', '.join(missing)}")
 
-    options = Options(
-        reduction=DEFAULT_OPTIONS.reduction if params.reduction is None else params.reduction,
-        label_smoothing=(
-            DEFAULT_OPTIONS.label_smoothing
-            if params.label_smoothing is None
-            else params.label_smoothing
-        ),
-        ignore_index=params.ignore_index,  # the soft model's engine says why it takes none
-    )
+    # ignore_index is passed for the soft model too: its engine says why it takes none
+    options = Options.given(params.reduction, params.label_smoothing, params.ignore_index)
     if request.outputs is None:  # all outputs, binary when the request says so
         binary_default = bool(params.binary_data_output)
         # weight_sum exists only for a reduction: asking for it otherwise is a 422

@@ -37,6 +37,17 @@ class Options:
     def reduced(self) -> bool:
         return self.reduction != "none"
 
+    @classmethod
+    def given(
+        cls, reduction: str | None, label_smoothing: float | None, ignore_index: int | None
+    ) -> Options:
+        """The options a request names, the defaults for those it leaves out (None)."""
+        return cls(
+            DEFAULT_OPTIONS.reduction if reduction is None else reduction,
+            DEFAULT_OPTIONS.label_smoothing if label_smoothing is None else label_smoothing,
+            ignore_index,
+        )
+
 
 DEFAULT_OPTIONS = Options()
 
