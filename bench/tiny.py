@@ -25,6 +25,7 @@ import json
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -81,16 +82,31 @@ def engine_times(trees: dict[str, Path], rounds: int = 3) -> dict[str, dict[str,
     return best
 
 
+# Large bodies: the service's default limit is 512 MiB; these send up to 256 MiB.
+BIG_BODIES = {"SCE_MAX_REQUEST_BYTES": str(1 << 30)}
+
+
+@contextlib.contextmanager
+def _servers(specs: dict[str, tuple[Path, dict[str, str]]]) -> Iterator[dict[str, int]]:
+    """One server per name, from its tree with its environment, all up at once (one
+    worker, access log on, as by default); yields their ports."""
+    ports = {name: servers.free_port() for name in specs}
+    root = servers.ROOT
+    with contextlib.ExitStack() as stack:
+        try:
+            for name, (tree, env) in specs.items():
+                servers.ROOT = tree  # the server's working directory: `-m service` imports it
+                command, ready, base = servers.service(ports[name])
+                stack.enter_context(servers.running(command, ready, {**base, **env}))
+        finally:
+            servers.ROOT = root
+        yield ports
+
+
 def http_rates(trees: dict[str, Path], seconds: float, rounds: int) -> list[dict[str, object]]:
     paths = payloads()
-    ports = {name: servers.free_port() for name in trees}
-    root = servers.ROOT
     best: dict[tuple[int, str, str], float] = {}
-    with contextlib.ExitStack() as stack:
-        for name, tree in trees.items():
-            servers.ROOT = tree  # the server's working directory: `-m service` imports it
-            stack.enter_context(servers.running(*servers.service(ports[name])))
-        servers.ROOT = root
+    with _servers({name: (tree, {}) for name, tree in trees.items()}) as ports:
         for _ in range(rounds):
             for connections in (1, 8):
                 for path_name in ("v1 JSON", "v2 JSON", "v2 binary"):
@@ -151,16 +167,9 @@ def answer_times(
             [f"Inference-Header-Content-Length: {len(header)}"],
         ),
     }
-    ports = {name: servers.free_port() for name in trees}
-    root = servers.ROOT
     best: dict[str, float] = {}
-    with contextlib.ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
-        for name, tree in trees.items():
-            servers.ROOT = tree
-            command, ready, env = servers.service(ports[name])
-            env["SCE_MAX_REQUEST_BYTES"] = str(1 << 30)
-            stack.enter_context(servers.running(command, ready, env))
-        servers.ROOT = root
+    specs = {name: (tree, BIG_BODIES) for name, tree in trees.items()}
+    with _servers(specs) as ports, tempfile.TemporaryDirectory() as tmp:
         for transport, (_, body, _) in requests.items():
             (Path(tmp) / transport).write_bytes(body)
         for _ in range(7):
@@ -176,15 +185,13 @@ def answer_times(
 def loops(seconds: float, rows: int = 32768, classes: int = 1024) -> dict[str, dict[str, float]]:
     path, body, headers = payloads()["v1 JSON"]
     labels, logits, header = _binary_request(rows, classes, ["loss"])
-    ports = {loop: servers.free_port() for loop in ("uvloop", "asyncio")}
-    result: dict[str, dict[str, float]] = {loop: {} for loop in ports}
-    with contextlib.ExitStack() as stack, tempfile.TemporaryDirectory() as tmp:
+    specs = {
+        loop: (servers.ROOT, {**BIG_BODIES, "SCE_LOOP": loop}) for loop in ("uvloop", "asyncio")
+    }
+    result: dict[str, dict[str, float]] = {loop: {} for loop in specs}
+    with _servers(specs) as ports, tempfile.TemporaryDirectory() as tmp:
         big = Path(tmp) / "big"
         big.write_bytes(header + labels.tobytes() + logits.tobytes())
-        for loop, port in ports.items():
-            command, ready, env = servers.service(port, workers=1, SCE_LOOP=loop)
-            env["SCE_MAX_REQUEST_BYTES"] = str(1 << 30)
-            stack.enter_context(servers.running(command, ready, env))
         for _ in range(2):
             for loop, port in ports.items():
                 url = f"http://127.0.0.1:{port}{path}"
