@@ -26,10 +26,6 @@ from service.engine.types import DType
 from service.errors import EngineFailure
 
 InferenceSession = ort.InferenceSession
-FAILURE = (
-    "ONNX Runtime failed to compute this request; it was logged. Retry, and report it if it "
-    "persists"
-)
 
 log = logging.getLogger(__name__)
 
@@ -166,6 +162,15 @@ def _ort_value(array: np.ndarray) -> ort.OrtValue:
     return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(array, ONNX_TYPES[dtype])
 
 
+def _failed() -> EngineFailure:
+    """The error a failed run raises, once the exception being handled is logged."""
+    log.exception("ONNX Runtime run failed")
+    return EngineFailure(
+        "ONNX Runtime failed to compute this request; it was logged. Retry, and report it if "
+        "it persists"
+    )
+
+
 def small_runner(
     session: ort.InferenceSession, outputs: Sequence[str]
 ) -> Callable[[Mapping[str, np.ndarray]], list[np.ndarray]]:
@@ -181,8 +186,7 @@ def small_runner(
         try:
             arrays: list[np.ndarray] = native(names, inputs, None)
         except Exception as exc:
-            log.exception("ONNX Runtime run failed")
-            raise EngineFailure(FAILURE) from exc
+            raise _failed() from exc
         return arrays
 
     return run
@@ -206,5 +210,4 @@ def run_bound(
     try:
         session.run_with_iobinding(binding)
     except Exception as exc:  # ORT raises RuntimeError or its own Fail/RuntimeException types
-        log.exception("ONNX Runtime run failed")
-        raise EngineFailure(FAILURE) from exc
+        raise _failed() from exc
