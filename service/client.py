@@ -117,8 +117,11 @@ class Client:
         `sample_weights` broadcasts to the per-example loss; `label_smoothing` is eps in
         [0, 1]. Weights are sent in their own float dtype.
         """
-        optional = {"grad_loss": grad_loss, "class_weights": class_weights}
-        optional["sample_weights"] = sample_weights
+        optional = {
+            "grad_loss": grad_loss,
+            "class_weights": class_weights,
+            "sample_weights": sample_weights,
+        }
         options = Options(reduction, float(label_smoothing))
         return self._call(SOFT_OP, labels, logits, optional, outputs, dim, options)
 
@@ -140,8 +143,11 @@ class Client:
         `softmax_cross_entropy` and `ignore_index`: a label value (e.g. -100) whose positions
         get loss 0 and zero gradients and count nowhere in the mean. `dim` is the class
         dimension of the logits (labels have their shape without it)."""
-        optional = {"grad_loss": grad_loss, "class_weights": class_weights}
-        optional["sample_weights"] = sample_weights
+        optional = {
+            "grad_loss": grad_loss,
+            "class_weights": class_weights,
+            "sample_weights": sample_weights,
+        }
         index = None if ignore_index is None else operator.index(ignore_index)
         options = Options(reduction, float(label_smoothing), index)
         return self._call(SPARSE_OP, labels, logits, optional, outputs, dim, options)
