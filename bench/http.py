@@ -8,6 +8,7 @@ and the service against MLServer with the same client (tritonclient, sequential 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import subprocess
@@ -26,7 +27,8 @@ wrk.body = io.open("{body}", "rb"):read("*a")
 
 
 QUIET = "v1 JSON, SCE_ACCESS_LOG=false"
-ASYNCIO = "v1 JSON, SCE_LOOP=asyncio"
+UVLOOP = "v1 JSON, SCE_LOOP=uvloop"
+BARE = "bare FastAPI parse"  # the floor of small requests: parses the same JSON, answers
 
 
 def payloads(rows: int = 32, classes: int = 10) -> dict[str, tuple[str, bytes, dict[str, str]]]:
@@ -66,6 +68,7 @@ def payloads(rows: int = 32, classes: int = 10) -> dict[str, tuple[str, bytes, d
             {"Inference-Header-Content-Length": str(len(header))},
         ),
         "bare FastAPI echo": ("/echo", v1, {"Content-Type": "application/json"}),
+        BARE: ("/parse", v1, {"Content-Type": "application/json"}),
     }  # fmt: skip
 
 
@@ -97,19 +100,21 @@ def wrk(
 
 
 def small_requests(seconds: float) -> list[dict[str, object]]:
-    """Every path at each concurrency, interleaved, next to the bare endpoint; v1 JSON also
-    without access log lines (the bare endpoint writes none), and on asyncio's loop."""
+    """Every path at each concurrency, interleaved, next to the bare endpoints (on the
+    loop the service's one worker runs on); v1 JSON also without access log lines (the
+    bare endpoints write none), and on uvloop."""
     rows = []
     sport, bport = servers.free_port(), servers.free_port()
-    ports = {QUIET: servers.free_port(), ASYNCIO: servers.free_port(), "bare FastAPI echo": bport}
+    ports = {QUIET: servers.free_port(), UVLOOP: servers.free_port()}
     paths = payloads()
-    bare = paths.pop("bare FastAPI echo")
-    paths[QUIET] = paths[ASYNCIO] = paths["v1 JSON"]
-    paths["bare FastAPI echo"] = bare
+    bare = {name: paths.pop(name) for name in ("bare FastAPI echo", BARE)}
+    paths[QUIET] = paths[UVLOOP] = paths["v1 JSON"]
+    paths.update(bare)
+    ports.update(dict.fromkeys(bare, bport))
     with (
         servers.running(*servers.service(sport)),
         servers.running(*servers.service(ports[QUIET], SCE_ACCESS_LOG="false")),
-        servers.running(*servers.service(ports[ASYNCIO], SCE_LOOP="asyncio")),
+        servers.running(*servers.service(ports[UVLOOP], SCE_LOOP="uvloop")),
         servers.running(*servers.bare(bport)),
     ):
         for concurrency in (1, 8, 64):
@@ -181,31 +186,45 @@ def tritonclient_large(port: int, mib: int, binary: bool, repeat: int = 2) -> fl
 
 
 def peers(seconds: float, large_mib: int = 128) -> dict[str, float] | None:
-    """The service against MLServer, same clients: tritonclient (small, sequential, and
-    2 x `large_mib` MiB; MLServer refuses the binary extension) and wrk (v2 JSON, 8 conns).
-    Neither writes access logs (MLServer's are off outside its debug mode)."""
-    mport, sport = servers.free_port(), servers.free_port()
-    spec = servers.mlserver(mport)
-    if spec is None:
+    """The service against MLServer and KServe (each if its venv exists), same clients:
+    wrk (v2 JSON, 8 connections, interleaved, best of 2) for all three; tritonclient
+    (small, sequential, and 2 x `large_mib` MiB; MLServer refuses the binary extension)
+    for MLServer. None of them writes access logs (MLServer's and KServe's are off by
+    default, the service's with SCE_ACCESS_LOG=false)."""
+    sport = servers.free_port()
+    specs = {"MLServer": servers.mlserver(servers.free_port()),
+             "KServe": servers.kserve(servers.free_port())}  # fmt: skip
+    found = {name: spec for name, spec in specs.items() if spec is not None}
+    if not found:
         return None
     command, ready, env = servers.service(sport, SCE_ACCESS_LOG="false")
     path, body, headers = payloads()["v2 JSON"]
-    with servers.running(*spec), servers.running(command, ready, env):
-        return {
-            "tritonclient rps, MLServer": tritonclient_rate(mport, seconds),
-            "tritonclient rps, service": tritonclient_rate(sport, seconds),
-            "wrk rps, MLServer": wrk(f"http://127.0.0.1:{mport}{path}", body, headers, 8, seconds)[
-                "rps"
-            ],
-            "wrk rps, service": wrk(f"http://127.0.0.1:{sport}{path}", body, headers, 8, seconds)[
-                "rps"
-            ],
-            # one MLServer run: it takes a minute and several GiB
-            f"2x{large_mib} MiB s, MLServer (JSON)": tritonclient_large(
-                mport, large_mib, False, repeat=1
-            ),
-            f"2x{large_mib} MiB s, service (binary)": tritonclient_large(sport, large_mib, True),
-        }
+    result: dict[str, float] = {}
+    with contextlib.ExitStack() as stack:
+        ports = {"service": sport}
+        stack.enter_context(servers.running(command, ready, env))
+        for name, spec in found.items():
+            stack.enter_context(servers.running(*spec))
+            ports[name] = int(spec[1].split(":")[2].split("/")[0])
+        for _ in range(2):
+            for name, port in ports.items():
+                rps = wrk(f"http://127.0.0.1:{port}{path}", body, headers, 8, seconds)["rps"]
+                key = f"wrk rps, {name}"
+                result[key] = max(result.get(key, 0.0), rps)
+        if "MLServer" in found:
+            mport = ports["MLServer"]
+            result |= {
+                "tritonclient rps, MLServer": tritonclient_rate(mport, seconds),
+                "tritonclient rps, service": tritonclient_rate(sport, seconds),
+                # one MLServer run: it takes a minute and several GiB
+                f"2x{large_mib} MiB s, MLServer (JSON)": tritonclient_large(
+                    mport, large_mib, False, repeat=1
+                ),
+                f"2x{large_mib} MiB s, service (binary)": tritonclient_large(
+                    sport, large_mib, True
+                ),
+            }
+    return result
 
 
 def main() -> None:

@@ -75,9 +75,12 @@ def _small_section(
     small: list[dict], workers: dict, peers: dict | None, big_json: dict
 ) -> list[str]:
     out = ["", "## (b) Small requests (32 x 10 FP32), wrk, same uvicorn settings", ""]
-    out += ["| path | concurrency | req/s | p50 ms | p99 ms | x bare FastAPI req/s |",
+    out += [f"The floor is `{http.BARE}`: a bare FastAPI endpoint that parses the same JSON "
+            "into arrays (orjson, np.asarray) and answers, on the loop the service's one "
+            "worker runs on (asyncio's).", ""]  # fmt: skip
+    out += ["| path | concurrency | req/s | p50 ms | p99 ms | x bare FastAPI parse req/s |",
             "|---|---|---|---|---|---|"]  # fmt: skip
-    bare = {r["concurrency"]: r["rps"] for r in small if r["path"].startswith("bare")}
+    bare = {r["concurrency"]: r["rps"] for r in small if r["path"] == http.BARE}
     for r in small:
         ratio = r["rps"] / bare[r["concurrency"]]
         out.append(f"| {r['path']} | {r['concurrency']} | {r['rps']:.0f} | {r['p50']:.2f} | "
@@ -87,10 +90,11 @@ def _small_section(
     out += [f"| {k} | {v:.0f} |" for k, v in workers.items()]
     w = list(workers.values())
     out += ["", f"2 workers / 1 worker: **{w[1] / w[0]:.2f}x**"]
-    out += ["", "## (d) MLServer 1.7.1 (numpy custom runtime), same clients, "
-            "neither writing access logs", ""]  # fmt: skip
+    out += ["", "## (d) MLServer 1.7.1 and KServe 0.21 (numpy models), same clients, "
+            "none writing access logs", ""]  # fmt: skip
     if peers is None:
-        out.append("Not run: bench/.venv-mlserver is missing (see `make bench-peers`).")
+        out.append("Not run: bench/.venv-mlserver and bench/.venv-kserve are missing "
+                   "(see `make bench-peers`).")  # fmt: skip
     else:
         out += ["| measure | value |", "|---|---|"]
         out += [f"| {k} | {v:.3f} |" for k, v in peers.items()]
@@ -105,7 +109,7 @@ def _payload_section(rows: list[dict]) -> list[str]:
     out += ["| path | payload MiB | body MiB | seconds | MiB/s of payload | x floor throughput | "
             "peak RSS MiB | peak RSS / payload | (peak - idle) / payload |",
             "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
-    floor = {r["payload_mib"]: r["seconds"] for r in rows if r["path"].startswith("byte floor")}
+    floor = {r["payload_mib"]: r["seconds"] for r in rows if r["path"] == transport.FLOOR}
     for r in rows:
         rss, mib = r["peak_rss_mib"], r["payload_mib"]
         memory = (

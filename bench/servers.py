@@ -71,13 +71,23 @@ def service(port: int, workers: int = 1, **env: str) -> tuple[list[str], str, di
     return command, f"http://127.0.0.1:{port}/v2/health/ready", env
 
 
-def bare(port: int) -> tuple[list[str], str, dict[str, str]]:
-    """Bare FastAPI under uvicorn with the service's default loop and parser (uvloop,
-    httptools)."""
+def bare(port: int, loop: str = "asyncio") -> tuple[list[str], str, dict[str, str]]:
+    """Bare FastAPI under uvicorn with the service's parser (httptools) and, by default, the
+    loop its one worker runs on (SCE_LOOP=auto: asyncio's)."""
     command = [
-        sys.executable, "-m", "uvicorn", "--app-dir", str(ROOT / "bench"), "bare_app:app",
+        sys.executable, "-m", "uvicorn", "bench.bare_app:app",
         "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning",
-        "--loop", "uvloop", "--http", "httptools",
+        "--loop", loop, "--http", "httptools",
+    ]  # fmt: skip
+    return command, f"http://127.0.0.1:{port}/docs", {}
+
+
+def granian(port: int) -> tuple[list[str], str, dict[str, str]]:
+    """The same bare FastAPI app under granian (Rust HTTP server, one worker)."""
+    binary = Path(sys.executable).parent / "granian"
+    command = [
+        str(binary), "--interface", "asgi", "--host", "127.0.0.1", "--port", str(port),
+        "--workers", "1", "--log-level", "warning", "bench.bare_app:app",
     ]  # fmt: skip
     return command, f"http://127.0.0.1:{port}/docs", {}
 
@@ -92,3 +102,15 @@ def mlserver(port: int) -> tuple[list[str], str, dict[str, str]] | None:
     command = [str(binary), "start", str(ROOT / "bench" / "mlserver")]
     ready = f"http://127.0.0.1:{port}/v2/models/softmax_cross_entropy_with_logits/ready"
     return command, ready, env
+
+
+def kserve(port: int) -> tuple[list[str], str, dict[str, str]] | None:
+    """KServe 0.21's model server with a numpy model, if bench/.venv-kserve exists."""
+    python = ROOT / "bench" / ".venv-kserve" / "bin" / "python"
+    if not python.exists():
+        return None
+    # -P: bench/ must not come first on sys.path (bench/http.py would shadow http)
+    command = [str(python), "-P", str(ROOT / "bench" / "kserve_model.py"),
+               "--http_port", str(port), "--enable_latency_logging", "false"]  # fmt: skip
+    ready = f"http://127.0.0.1:{port}/v2/models/softmax_cross_entropy_with_logits/ready"
+    return command, ready, {}

@@ -23,6 +23,9 @@ import orjson
 from bench import servers
 
 INFER = "/v2/models/softmax_cross_entropy_with_logits/infer"
+FLOOR = "byte floor (bare FastAPI)"
+GRANIAN = "byte floor (bare FastAPI on granian)"
+JSON_FLOOR = "JSON floor (orjson + np.asarray, in process)"
 SOFT = "/v1/softmax_cross_entropy_with_logits"
 
 
@@ -54,7 +57,8 @@ def bodies(mib: float, tmp: Path) -> dict[str, tuple[Path, str, list[str]]]:
     doc = {"labels": labels, "logits": logits}
     (tmp / "json").write_bytes(orjson.dumps(doc, option=orjson.OPT_SERIALIZE_NUMPY))
     return {
-        "byte floor (bare FastAPI)": (tmp / "v2", "/echo-size", []),
+        FLOOR: (tmp / "v2", "/echo-size", []),
+        GRANIAN: (tmp / "v2", "/echo-size", []),
         "v2 binary": (tmp / "v2", INFER, [f"Inference-Header-Content-Length: {len(header)}"]),
         "safetensors": (
             tmp / "st", SOFT,
@@ -78,16 +82,34 @@ ENV = {"SCE_MAX_REQUEST_BYTES": str(2 << 30), "SCE_MAX_JSON_BYTES": str(2 << 30)
        "SCE_LOG_LEVEL": "warning"}  # fmt: skip
 
 
+def json_floor(path: Path, repeat: int) -> float:
+    """Seconds to turn the JSON body into arrays in this process (orjson + np.asarray,
+    the body already in memory): the floor of issue 11's JSON row."""
+    body = path.read_bytes()
+    best = float("inf")
+    for _ in range(repeat):
+        start = time.perf_counter()
+        document = orjson.loads(body)
+        arrays = [np.asarray(document[name], np.float32) for name in ("labels", "logits")]
+        best = min(best, time.perf_counter() - start)
+        del document, arrays
+    return best
+
+
 def measure(sizes: list[float], repeat: int, json_up_to: float = 256) -> list[dict[str, object]]:
     rows: list[dict[str, object]] = []
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
         for mib in sizes:
             cases = bodies(mib, tmp)
-            sport, bport = servers.free_port(), servers.free_port()
+            sport, bport, gport = servers.free_port(), servers.free_port(), servers.free_port()
             command, ready, env = servers.service(sport, **ENV)
-            bcommand, bready, _ = servers.bare(bport)
-            with servers.running(command, ready, env) as pid, servers.running(bcommand, bready):
+            floors = {FLOOR: bport, GRANIAN: gport}
+            with (
+                servers.running(command, ready, env) as pid,
+                servers.running(*servers.bare(bport)),
+                servers.running(*servers.granian(gport)),
+            ):
                 best = dict.fromkeys(cases, float("inf"))
                 hwm = {}
                 idle = servers.rss_kib(pid) / 1024
@@ -95,7 +117,7 @@ def measure(sizes: list[float], repeat: int, json_up_to: float = 256) -> list[di
                     for name, (path, route, headers) in cases.items():
                         if name == "JSON" and mib > json_up_to:
                             continue
-                        port = bport if route == "/echo-size" else sport
+                        port = floors.get(name, sport)
                         url = f"http://127.0.0.1:{port}{route}"
                         servers.reset_peak_rss(pid)
                         best[name] = min(best[name], curl(url, path, headers))
@@ -103,6 +125,9 @@ def measure(sizes: list[float], repeat: int, json_up_to: float = 256) -> list[di
                         # allocator keeps its memory, which would show in later peaks.
                         if port == sport and round_ == 0:
                             hwm[name] = servers.rss_kib(pid, "VmHWM") / 1024
+            if mib <= json_up_to:
+                best[JSON_FLOOR] = json_floor(cases["JSON"][0], repeat)
+                cases[JSON_FLOOR] = cases["JSON"]
             for name, seconds in best.items():
                 if seconds != float("inf"):
                     body_mib = cases[name][0].stat().st_size / 2**20
