@@ -2,10 +2,12 @@
 
     python -m bench.run [--quick]
 
-Sections: (a) engine vs memcpy, numpy and PyTorch (if installed); (b) small requests
-at concurrency 1/8/64 next to a bare FastAPI endpoint (wrk); (c) large payloads next to
-the byte floor (curl), with (e) the server's peak RSS; (d) MLServer (if
-bench/.venv-mlserver exists) with the same clients; (f) 1 vs 2 workers; big JSON decode.
+Sections: issue 11's targets, each row with its floor or peer (bench/targets.py); (a)
+engine vs memcpy, numpy and PyTorch (if installed); (b) small requests at concurrency
+1/8/64 next to bare FastAPI endpoints (wrk); (c) large payloads next to the byte floors
+on uvicorn and granian (curl), with (e) the server's peak RSS; (d) MLServer and KServe
+(if `make bench-peers` built their venvs) with the same clients; (f) 1 vs 2 workers;
+big JSON decode.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import engine, http, json_decode, pressure, transport
+from bench import engine, http, json_decode, pressure, targets, transport
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -167,6 +169,7 @@ def main() -> None:
     payloads = transport.measure(payload_sizes, 2 if args.quick else 3)
     big_json = json_decode.measure()
     resources = pressure.run(args.quick)
+    goals = targets.measure(seconds)
     lines = [
         "# Benchmarks",
         "",
@@ -176,6 +179,8 @@ def main() -> None:
         "the repeats. The machine is shared and noisy: the ratios are the meaningful part.",
         "",
         "![throughput and latency](benchmarks.png)",
+        "",
+        *targets.section(goals, command=f"python -m bench.run{' --quick' * args.quick}"),
         "",
         *_engine_section(speed, accuracy),
         *_small_section(small, results["workers"], results["peers"], big_json),
