@@ -15,7 +15,6 @@ FORBIDDEN = {
     "codecs": ("fastapi", "starlette", "onnxruntime", "service.api", "service.engine.engine"),
     "errors.py": ("fastapi", "starlette", "service"),
     "schemas.py": ("service.engine", "onnxruntime", "fastapi"),
-    "client.py": ("fastapi", "starlette", "onnxruntime", "service.engine.engine", "service.api"),
 }
 
 

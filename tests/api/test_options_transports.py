@@ -2,7 +2,7 @@
 
 The same calls (reduction, class and sample weights, ignore_index, label smoothing,
 weight_sum, the sparse op along dim 1) go through v1 JSON, v1 safetensors, v2 JSON, v2
-binary, tritonclient and service.client (both of its transports), and are compared with
+binary, tritonclient and sce_client (both of its transports), and are compared with
 a float64 reference written here from the issue's formulas (independently of
 tests/reference.py). Bad values must come back as 422s that say what was expected,
 whichever way they travel; and a reduced answer is a few hundred bytes.
@@ -19,9 +19,9 @@ import numpy as np
 import orjson
 import pytest
 import tritonclient.http as triton
+from sce_client import Client, ServiceError
 from tritonclient.utils import InferenceServerException
 
-from service.client import Client, ServiceError
 from tests.api.test_safetensors import pack, unpack
 
 SOFT = "softmax_cross_entropy_with_logits"
