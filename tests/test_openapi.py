@@ -8,14 +8,21 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
+import httpx
 import numpy as np
+import pytest
 from fastapi.testclient import TestClient
+from safetensors.numpy import load
 
 from openapi.generate import SPEC, render
 from tests.reference import assert_close, random_distribution, softmax_xent
 
 ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+EXAMPLE = ROOT / "openapi" / "client_example.py"
 
 
 def test_committed_spec_matches_the_app() -> None:
@@ -57,13 +64,15 @@ def test_every_operation_is_named_tagged_and_documents_its_errors() -> None:
     assert spec["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
 
 
-def test_generated_client_calls_the_live_server(
-    tmp_path: Path, server_url: str, rng: np.random.Generator
-) -> None:
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder holding the package `sce_openapi_client`, generated from the committed spec
+    as the README says."""
+    folder = tmp_path_factory.mktemp("generated")
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}"}  # its ruff hooks
     result = subprocess.run(
         [
-            Path(sys.executable).parent / "openapi-python-client",
+            BIN / "openapi-python-client",
             "generate",
             "--path",
             str(SPEC),
@@ -72,7 +81,7 @@ def test_generated_client_calls_the_live_server(
             "--meta",
             "none",
             "--output-path",
-            str(tmp_path / "sce_client"),
+            str(folder / "sce_openapi_client"),
             "--fail-on-warning",
         ],
         capture_output=True,
@@ -81,18 +90,31 @@ def test_generated_client_calls_the_live_server(
         timeout=300,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    sys.path.insert(0, str(tmp_path))
-    try:
-        client_module = importlib.import_module("sce_client")
-        api = importlib.import_module("sce_client.api.native.softmax_cross_entropy_with_logits")
-        models = importlib.import_module("sce_client.models")
-        v2_api = importlib.import_module("sce_client.api.open_inference_protocol.server_metadata")
-    finally:
-        sys.path.remove(str(tmp_path))
+    return folder
 
+
+def imported(generated: Path, *modules: str) -> list[ModuleType]:
+    """Modules of the generated client (or that use it), imported with it on sys.path."""
+    sys.path.insert(0, str(generated))
+    try:
+        return [importlib.import_module(module) for module in modules]
+    finally:
+        sys.path.remove(str(generated))
+
+
+def test_generated_client_calls_the_live_server(
+    generated: Path, server_url: str, rng: np.random.Generator
+) -> None:
+    client_module, api, models, v2_api = imported(
+        generated,
+        "sce_openapi_client",
+        "sce_openapi_client.api.native.softmax_cross_entropy_with_logits",
+        "sce_openapi_client.models",
+        "sce_openapi_client.api.open_inference_protocol.server_metadata",
+    )
     labels = random_distribution(rng, (3, 4), -1)
     logits = rng.standard_normal((3, 4))
-    client = client_module.AuthenticatedClient(base_url=server_url, token="unused")
+    client = client_module.Client(base_url=server_url)  # no key configured: no token either
     body = models.LossRequest(
         labels=labels.tolist(), logits=logits.tolist(), dtype=models.LossRequestDtype.FLOAT64
     )
@@ -124,3 +146,70 @@ def test_generated_client_calls_the_live_server(
 
     metadata = v2_api.sync(client=client)
     assert metadata.providers == ["CPUExecutionProvider"]
+
+
+def test_client_example_type_checks_against_the_generated_client(
+    generated: Path, tmp_path: Path
+) -> None:
+    """openapi/client_example.py passes mypy --strict against the generated package: an
+    unauthenticated Client is accepted, and the safetensors answer is typed as bytes (File)."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mypy",
+            "--strict",
+            "--follow-imports=silent",  # the generated code's own nits are not the user's
+            f"--cache-dir={tmp_path / 'mypy'}",
+            str(EXAMPLE),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "MYPYPATH": str(generated)},
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_client_example_computes_over_json_and_safetensors(
+    generated: Path, server_url: str, rng: np.random.Generator
+) -> None:
+    (client_module, example) = imported(generated, "sce_openapi_client", "openapi.client_example")
+    labels = random_distribution(rng, (4, 6), -1)
+    logits = rng.standard_normal((4, 6))
+    labels[1, 2], logits[1, 2] = 0.0, -np.inf  # JSON has no -inf: the example writes a string
+    labels[1] /= labels[1].sum()
+    logits[2, 0] = np.nan  # a NaN travels both ways and comes back as NaN
+    with np.errstate(invalid="ignore"):  # 0 * -inf
+        expected = softmax_xent(labels, logits)
+    with client_module.Client(base_url=server_url) as client:
+        outputs = example.evaluate(client, labels, logits)
+    for transport in ("", "safetensors_"):
+        for name in ("loss", "grad_logits"):
+            assert_close(outputs[transport + name], expected[name], "float64", transport + name)
+    assert np.isnan(outputs["loss"][1:3]).all()  # the reference says NaN for both rows
+
+
+@pytest.mark.parametrize(
+    ("path", "labels"),
+    [
+        ("/v1/softmax_cross_entropy_with_logits", [[0.25, 0.75], [1.0, 0.0]]),
+        ("/v1/sparse_softmax_cross_entropy_with_logits", [1, 0]),
+    ],
+)
+def test_safetensors_operations_answer_safetensors_without_accept(
+    server_url: str, path: str, labels: list[Any]
+) -> None:
+    """The binary operations that the spec types as bytes answer what it says: the same
+    outputs as their JSON twins, as safetensors, with no Accept header."""
+    body = {"labels": labels, "logits": [[2.0, -1.0], [0.5, 0.5]], "dtype": "float64"}
+    spec = json.loads(SPEC.read_text())["paths"][f"{path}.safetensors"]["post"]
+    assert list(spec["responses"]["200"]["content"]) == ["application/x-safetensors"]
+    binary = httpx.post(f"{server_url}{path}.safetensors", json=body)
+    assert binary.status_code == 200, binary.text
+    assert binary.headers["content-type"] == "application/x-safetensors"
+    plain = httpx.post(f"{server_url}{path}", json=body).json()
+    np.testing.assert_array_equal(load(binary.content)["loss"], plain["loss"]["data"])
+    refused = httpx.post(f"{server_url}{path}.safetensors", json={**body, "dim": 5})
+    assert refused.status_code == 422 and "detail" in refused.json()  # errors stay JSON
