@@ -14,15 +14,15 @@ COPY service ./service
 RUN /opt/venv/bin/pip install --no-cache-dir --no-deps .
 
 FROM ${PYTHON_IMAGE}
+# No SCE_PORT: the port is 8000 unless the platform sets PORT (Knative, KServe serverless).
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
     SCE_HOST=0.0.0.0 \
-    SCE_PORT=8000 \
     SCE_PROVIDERS=cpu
 COPY --from=build /opt/venv /opt/venv
 USER 10001:10001
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
-    CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/v2/health/ready', timeout=2).status != 200)"]
+    CMD ["python", "-c", "import os, sys, urllib.request; port = os.environ.get('SCE_PORT') or os.environ.get('PORT') or '8000'; sys.exit(urllib.request.urlopen(f'http://127.0.0.1:{port}/v2/health/ready', timeout=2).status != 200)"]
 ENTRYPOINT ["python", "-m", "service"]

@@ -343,6 +343,10 @@ class InferenceRequest(BaseModel):
     )
 
     id: Text | None = None
+    # Sent by real clients (KServe's InferenceRESTClient puts model_name in every body):
+    # ignored when they name the path's model and version, a 400 when they contradict it.
+    model_name: Text | None = None
+    model_version: Text | None = None
     parameters: InferParameters | None = None
     inputs: list[RequestInput] = Field(min_length=1, fail_fast=True)
     outputs: list[RequestOutput] | None = Field(None, fail_fast=True)
@@ -415,6 +419,75 @@ class ServerMetadata(BaseModel):
 class ModelReady(BaseModel):
     name: str
     ready: bool
+
+
+# Triton's model configuration extension: the JSON form of model_config.proto's ModelConfig,
+# the members that describe these models (tools read platform, max_batch_size, input,
+# output and instance_group).
+
+
+class ModelInputConfig(BaseModel):
+    name: str
+    data_type: str = Field(description="TYPE_FP32 and so on (model_config.proto's DataType).")
+    format: str = "FORMAT_NONE"
+    dims: list[int] = Field(description="-1: any size (max_batch_size is 0: no batch axis).")
+    optional: bool
+
+
+class ModelOutputConfig(BaseModel):
+    name: str
+    data_type: str
+    dims: list[int]
+
+
+class InstanceGroup(BaseModel):
+    name: str
+    kind: Literal["KIND_CPU", "KIND_GPU"]
+    count: int
+
+
+class ModelParameter(BaseModel):
+    string_value: str
+
+
+class ModelConfig(BaseModel):
+    """GET /v2/models/{model}/config."""
+
+    name: str
+    platform: str
+    backend: str
+    version_policy: dict[str, Any]
+    max_batch_size: int
+    input: list[ModelInputConfig]
+    output: list[ModelOutputConfig]
+    instance_group: list[InstanceGroup]
+    parameters: dict[str, ModelParameter]
+
+
+# Triton's model repository extension.
+
+
+class RepositoryIndexRequest(BaseModel):
+    """POST /v2/repository/index: an empty body (tritonclient's) or this object."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ready: StrictBool = Field(False, description="true: only the models ready for inference.")
+
+
+class RepositoryModel(BaseModel):
+    name: str
+    version: str
+    state: Literal["READY", "UNAVAILABLE"]
+    reason: str
+
+
+class RepositoryModelRequest(BaseModel):
+    """POST /v2/repository/models/{model}/load or /unload: an empty body or this object."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    parameters: dict[str, Any] | None = None
 
 
 class V2Error(BaseModel):

@@ -1,11 +1,34 @@
-"""Settings from the environment (prefix ``SCE_``); the command line overrides host and port."""
+"""Settings from the environment (prefix ``SCE_``); the command line overrides host and port.
+
+The port: ``--port``, else ``SCE_PORT``, else ``PORT`` (what Knative, and so KServe's
+serverless mode, Cloud Run and Heroku tell a container to listen on), else 8000.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import os
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import (
+    BaseSettings,
+    NoDecode,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+
+class PlatformPort(PydanticBaseSettingsSource):
+    """`PORT` from the environment, for the `port` field: the container contract of Knative
+    (KServe serverless), Cloud Run and Heroku. Below SCE_PORT and the flags."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return os.environ.get("PORT") if field_name == "port" else None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        port = os.environ.get("PORT")
+        return {} if port is None else {"port": port}
 
 
 class Settings(BaseSettings):
@@ -16,7 +39,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     """Address to listen on (use 0.0.0.0 in a container)."""
     port: int = Field(8000, ge=0, le=65535)
-    """TCP port to listen on."""
+    """TCP port to listen on; unset, the environment's PORT (Knative's), else 8000."""
     workers: int = Field(1, ge=1, le=64)
     """uvicorn worker processes; each builds its own sessions."""
     loop: Literal["auto", "uvloop", "asyncio"] = "auto"
@@ -85,6 +108,24 @@ class Settings(BaseSettings):
     throughput where an ingress or mesh logs requests already."""
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     """Origins allowed by CORS, comma-separated; empty (the default): CORS off."""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Flags (init) over SCE_* over PORT: earlier sources win."""
+        return (
+            init_settings,
+            env_settings,
+            dotenv_settings,
+            file_secret_settings,
+            PlatformPort(settings_cls),
+        )
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -61,7 +61,7 @@ def test_locks_pin_every_dependency_and_one_runtime_each() -> None:
         }
         wanted = {
             re.split(r"[<>=\[ ]", dep)[0].lower().replace("_", "-")
-            for dep in project["dependencies"]
+            for dep in [*project["dependencies"], *project["optional-dependencies"]["tracing"]]
         }
         assert wanted <= pinned, wanted - pinned
         assert runtime in pinned and other not in pinned
@@ -118,7 +118,10 @@ def test_kserve_inference_service_container_is_a_valid_pod(tmp_path: Path) -> No
     assert service["kind"] == "InferenceService"
     containers = service["spec"]["predictor"]["containers"]
     env = {e["name"]: e["value"] for e in containers[0]["env"]}
-    assert env["SCE_PORT"] == "8080" and containers[0]["ports"][0]["containerPort"] == 8080
+    # Serverless: Knative sets PORT to the containerPort (and refuses a PORT of ours), and
+    # SCE_PORT would win over it, so neither is set here.
+    assert "SCE_PORT" not in env and "PORT" not in env
+    assert containers[0]["ports"][0]["containerPort"] == 8080
     # No schema for the CRD here: its container spec is checked as a core Pod's.
     pod = {
         "apiVersion": "v1",
@@ -129,6 +132,35 @@ def test_kserve_inference_service_container_is_a_valid_pod(tmp_path: Path) -> No
     path = tmp_path / "pod.yaml"
     path.write_text(yaml.safe_dump(pod))
     _validate(path)
+
+
+def test_kserve_inference_service_is_serverless_and_scales_on_concurrency() -> None:
+    service = yaml.safe_load((ROOT / "deploy" / "kserve" / "inferenceservice.yaml").read_text())
+    annotations = service["metadata"]["annotations"]
+    assert annotations["serving.kserve.io/deploymentMode"] == "Serverless"
+    # Knative's rules: the concurrency metric needs its own pod autoscaler (KPA), and the
+    # target is a string holding a number >= 0.01 (annotations are strings).
+    assert annotations["autoscaling.knative.dev/class"] == "kpa.autoscaling.knative.dev"
+    assert annotations["autoscaling.knative.dev/metric"] == "concurrency"
+    target = annotations["autoscaling.knative.dev/target"]
+    assert isinstance(target, str) and float(target) >= 0.01
+    # One worker per pod (no SCE_WORKERS) saturates at about 8 in flight (docs/benchmarks.md
+    # (b), (j)): a target well above that only queues, well below wastes pods.
+    (container,) = service["spec"]["predictor"]["containers"]
+    assert "SCE_WORKERS" not in {e["name"] for e in container["env"]}
+    assert 4 <= float(target) <= 16
+    # A hard limit would refuse by count what the service admits by memory cost.
+    assert "containerConcurrency" not in service["spec"]["predictor"]
+    assert service["spec"]["predictor"]["minReplicas"] >= 1  # no cold starts from zero
+
+
+@pytest.mark.parametrize("dockerfile", ["Dockerfile", "Dockerfile.cuda"])
+def test_images_leave_the_port_to_the_platform(dockerfile: str) -> None:
+    """An image with SCE_PORT baked in would ignore the PORT that Knative sets."""
+    text = (ROOT / dockerfile).read_text()
+    assert "SCE_PORT=" not in text
+    healthcheck = text[text.index("HEALTHCHECK") :]
+    assert "os.environ.get('SCE_PORT') or os.environ.get('PORT') or '8000'" in healthcheck
 
 
 def test_compose_file_matches_the_compose_spec() -> None:

@@ -50,6 +50,57 @@ def test_health_and_metadata(client: triton.InferenceServerClient) -> None:
         client.get_model_metadata("no_such_model")
 
 
+def test_model_configuration_and_repository_extensions(
+    client: triton.InferenceServerClient,
+) -> None:
+    extensions = client.get_server_metadata()["extensions"]
+    assert {"model_configuration", "model_repository"} <= set(extensions)
+    for model, label_type in ((SOFT, "TYPE_FP32"), (SPARSE, "TYPE_INT64")):
+        metadata = client.get_model_metadata(model)
+        for version in ("", "1"):
+            config = client.get_model_config(model, model_version=version)
+            assert config["name"] == model and config["platform"] == "onnxruntime_onnx"
+            assert config["max_batch_size"] == 0
+            inputs = {t["name"]: t for t in config["input"]}
+            assert list(inputs) == [t["name"] for t in metadata["inputs"]]
+            assert inputs["labels"]["data_type"] == label_type
+            assert not inputs["logits"]["optional"] and inputs["grad_loss"]["optional"]
+            assert [t["name"] for t in config["output"]] == [t["name"] for t in metadata["outputs"]]
+            assert config["instance_group"][0]["kind"] == "KIND_CPU"
+            assert config["parameters"]["dim"] == {"string_value": "-1"}
+        assert client.get_model_metadata(model, model_version="1") == metadata
+        assert client.is_model_ready(model, model_version="1")
+        assert not client.is_model_ready(model, model_version="2")
+    with pytest.raises(InferenceServerException, match="no version '2'"):
+        client.get_model_config(SOFT, model_version="2")
+    with pytest.raises(InferenceServerException, match="unknown model"):
+        client.get_model_config("no_such_model")
+
+    index = client.get_model_repository_index()
+    assert index == [
+        {"name": name, "version": "1", "state": "READY", "reason": ""} for name in (SOFT, SPARSE)
+    ]
+    client.load_model(SOFT)  # always loaded: a no-op
+    with pytest.raises(InferenceServerException, match="cannot replace"):
+        client.load_model(SOFT, config="{}")
+    with pytest.raises(InferenceServerException, match="cannot be unloaded"):
+        client.unload_model(SOFT)
+    assert client.is_model_ready(SOFT)
+
+
+def test_infer_on_a_versioned_url(
+    client: triton.InferenceServerClient, rng: np.random.Generator
+) -> None:
+    labels = random_distribution(rng, (3, 4), -1).astype(np.float32)
+    logits = rng.standard_normal((3, 4)).astype(np.float32)
+    inputs = [_input("labels", labels, "FP32", True), _input("logits", logits, "FP32", True)]
+    result = client.infer(SOFT, inputs, model_version="1")
+    assert result.get_response()["model_version"] == "1"
+    assert_close(result.as_numpy("loss"), softmax_xent(labels, logits)["loss"], "float32")
+    with pytest.raises(InferenceServerException, match="no version '7'"):
+        client.infer(SOFT, inputs, model_version="7")
+
+
 # tritonclient refuses BF16 in JSON inputs (tests/api/test_v2.py sends them with httpx).
 COMBINATIONS = [
     (datatype, binary_in, binary_out)

@@ -18,6 +18,7 @@ class FakeRequest:
 
     def __init__(self, body: bytes, headers: dict[str, str], chunk: int = 16 * 1024) -> None:
         self.headers = headers
+        self.scope: dict[str, object] = {}
         self._chunks = [body[i : i + chunk] for i in range(0, len(body), chunk)]
         self.consumed = 0
 

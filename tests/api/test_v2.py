@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import zlib
 
+import httpx
 import ml_dtypes
 import numpy as np
 import orjson
@@ -211,3 +212,83 @@ def test_inference_routes_answer_other_methods_with_405(client: TestClient) -> N
     ):
         response = client.get(path)
         assert response.status_code == 405 and response.headers["allow"] == "POST", path
+
+
+SOFT = "softmax_cross_entropy_with_logits"
+SPARSE = "sparse_softmax_cross_entropy_with_logits"
+
+
+@pytest.mark.parametrize("binary", [False, True])
+def test_model_name_and_version_in_the_body(
+    server_url: str, rng: np.random.Generator, binary: bool
+) -> None:
+    """What real clients send (KServe's puts model_name in every body): ignored when it
+    agrees with the URL, a 400 that says why when it does not; other members stay refused."""
+    labels = random_distribution(rng, (2, 3), -1).astype(np.float32)
+    logits = rng.standard_normal((2, 3)).astype(np.float32)
+    expected = softmax_xent(labels, logits)["loss"]
+
+    def post(path: str, **members: object) -> httpx.Response:
+        """The members in the JSON body, or in the JSON header of a binary one."""
+        wanted = [{"name": "loss", "parameters": {"binary_data": False}}]
+        if binary:
+            tensors = {"labels": labels, "logits": logits}
+            body, headers = _binary_body(tensors, outputs=wanted, **members)
+        else:
+            inputs = [
+                {"name": n, "shape": [2, 3], "datatype": "FP32", "data": a.ravel().tolist()}
+                for n, a in (("labels", labels), ("logits", logits))
+            ]
+            body, headers = orjson.dumps({"inputs": inputs, "outputs": wanted, **members}), {}
+        return httpx.post(f"{server_url}{path}", content=body, headers=headers)
+
+    base, versioned = f"/v2/models/{SOFT}", f"/v2/models/{SOFT}/versions/1"
+    for path, members in (
+        (base, {"model_name": SOFT}),
+        (base, {"model_name": SOFT, "model_version": "1"}),
+        (base, {"model_name": None, "model_version": ""}),  # null and "": not given
+        (versioned, {"model_name": SOFT, "model_version": "1"}),
+    ):
+        response = post(f"{path}/infer", **members)
+        assert response.status_code == 200, (path, members, response.text)
+        document = response.json()
+        assert document["model_name"] == SOFT and document["model_version"] == "1"
+        (loss,) = document["outputs"]
+        assert_close(np.array(loss["data"], np.float32), expected, "float32")
+
+    for path, members, words in (
+        (base, {"model_name": SPARSE}, f"model_name '{SPARSE}' in the body contradicts"),
+        (base, {"model_version": "2"}, "has only version '1'"),
+        (versioned, {"model_version": "3"}, "contradicts the URL's version '1'"),
+    ):
+        response = post(f"{path}/infer", **members)
+        assert response.status_code == 400, (path, members, response.text)
+        assert words in response.json()["error"]
+    response = post(f"{base}/infer", model_nam=SOFT)
+    assert response.status_code == 422 and "model_nam" in response.json()["error"]
+    response = post(f"/v2/models/{SOFT}/versions/2/infer")
+    assert response.status_code == 404 and "no version '2'" in response.json()["error"]
+
+
+def test_repository_bodies_are_small_json_of_any_content_type(server_url: str) -> None:
+    index = f"{server_url}/v2/repository/index"
+    for body, headers in (
+        (b"", {}),
+        (b'{"ready": true}', {}),  # tritonclient sends no Content-Type
+        (b'{"ready": false}', {"content-type": "application/json"}),
+    ):
+        response = httpx.post(index, content=body, headers=headers)
+        assert response.status_code == 200, response.text
+        assert [m["name"] for m in response.json()] == [SOFT, SPARSE]
+    for body, status, words in (
+        (b"{", 400, "not JSON"),
+        (b'{"ready": "yes"}', 422, "ready must be a JSON boolean"),
+        (b'{"readdy": true}', 422, "unknown argument 'readdy'"),
+        (b" " * (64 * 1024 + 1), 413, "limit of 65536 bytes"),
+    ):
+        response = httpx.post(index, content=body)
+        assert response.status_code == status, (body[:20], response.text)
+        assert words in response.json()["error"]
+    load = f"{server_url}/v2/repository/models/{SOFT}/load"
+    assert httpx.post(load, content=b"{}").status_code == 200
+    assert httpx.post(f"{server_url}/v2/repository/models/nope/load").status_code == 404
