@@ -9,6 +9,7 @@ import numpy as np
 
 from service.api import metrics
 from service.api.pipeline import Cost
+from service.api.stages import CURRENT, now
 from service.codecs.json_tensor import Pending
 from service.engine.engine import Engine, LossResult
 from service.engine.types import DEFAULT_OPTIONS, SPARSE_OP, WEIGHT_INPUTS, DType, Options
@@ -55,6 +56,9 @@ def cost_of(
     """What `compute` and encoding will hold, from shapes and dtypes; 422 for arguments the
     engine would refuse, before anything is allocated."""
     specs = {name: _spec(name, tensor) for name, tensor in tensors.items()}
+    timeline = CURRENT.get()
+    if timeline is not None and timeline.traced:  # for the stage spans' attributes
+        timeline.inputs = {n: (shape, dtype.name) for n, (shape, dtype) in specs.items()}
     plan = engine.plan(
         op,
         labels=specs["labels"],
@@ -82,19 +86,27 @@ def compute(
     options: Options = DEFAULT_OPTIONS,
 ) -> LossResult:
     """Decode pending tensors, run `op` (labels, logits, optional grad_loss, class_weights,
-    sample_weights), timed for /metrics."""
+    sample_weights); the two stages are marked on the request's timeline (stages.py), and
+    the engine's time is recorded for /metrics."""
     arrays = {n: t.decode() if isinstance(t, Pending) else t for n, t in tensors.items()}
     call = engine.sparse_softmax_cross_entropy if op == SPARSE_OP else engine.softmax_cross_entropy
-
-    def run() -> LossResult:
-        return call(
-            labels=arrays["labels"],
-            logits=arrays["logits"],
-            grad_loss=arrays.get("grad_loss"),
-            dim=dim,
-            outputs=outputs,
-            options=options,
-            **{n: arrays.get(n) for n in WEIGHT_INPUTS},
-        )
-
-    return metrics.timed_inference(op, engine.providers[0], run)
+    decoded = now()
+    result = call(
+        labels=arrays["labels"],
+        logits=arrays["logits"],
+        grad_loss=arrays.get("grad_loss"),
+        dim=dim,
+        outputs=outputs,
+        options=options,
+        **{n: arrays.get(n) for n in WEIGHT_INPUTS},
+    )
+    computed = now()
+    metrics.INFERENCE.labels(op, result.dtype.name, engine.providers[0]).observe(
+        (computed - decoded) / 1e9
+    )
+    timeline = CURRENT.get()
+    if timeline is not None:
+        timeline.decoded, timeline.computed = decoded, computed
+        if timeline.traced:
+            timeline.outputs = {n: a.shape for n, a in result.items()}
+    return result

@@ -23,6 +23,7 @@ from service.api.admission import BodyPace
 from service.api.body import Body, read_body
 from service.api.deps import Runtime
 from service.api.responses import BuffersResponse
+from service.api.stages import CURRENT, Timeline, now
 
 Call = TypeVar("Call")
 
@@ -62,20 +63,24 @@ async def serve(
 ) -> BuffersResponse:
     """Read, parse, plan, run; the response gives the lease back once it is sent."""
     settings = env.settings
+    # The stage marks (service/api/stages.py); a route that is not `observed` counts nothing.
+    timeline = CURRENT.get() or Timeline(None, "")
     lease = env.budget.lease()
     try:
         pace = BodyPace(settings.body_timeout, settings.min_data_rate)
         body = await read_body(request, limit, pace=pace, lease=lease)
-        size = len(body)
+        size = timeline.body_bytes = len(body)
+        timeline.read = now()
         small = size <= INLINE_BYTES
         await lease.hold(size + parse_cost(size))
         parsing = partial(parse, body)
         del body  # from here the parsed call holds what it needs of it
         call = parsing() if small else await env.pool.run(parsing)
+        timeline.parsed = now()
         del parsing
         need = cost(call)
         await lease.hold(size + need.bytes)
-        running = partial(run, call)
+        running = partial(_run, run, call, timeline)
         del call
         inline = small and need.elements <= INLINE_ELEMENTS
         encoded = running() if inline else await env.pool.run(running)
@@ -84,6 +89,24 @@ async def serve(
     except BaseException:
         lease.release()
         raise
+
+    def done() -> None:
+        lease.release()
+        timeline.succeeded()
+
     return BuffersResponse(
-        encoded.buffers, media_type=encoded.media_type, headers=encoded.headers, done=lease.release
+        encoded.buffers, media_type=encoded.media_type, headers=encoded.headers, done=done
     )
+
+
+def _run(run: Callable[[Call], Encoded], call: Call, timeline: Timeline) -> Encoded:
+    """`run`, marked: from here on the wait (memory, a compute thread) is over; the
+    timeline is made current in a compute thread too, for `inference.compute`'s marks."""
+    timeline.queued = now()
+    token = CURRENT.set(timeline)
+    try:
+        encoded = run(call)
+    finally:
+        CURRENT.reset(token)
+    timeline.encoded = now()
+    return encoded

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import cast
+from collections.abc import Callable
+from typing import Any, cast
 
-from fastapi import Request, Response
+from fastapi import Request
 from fastapi.routing import APIRoute
 from starlette.types import Receive, Scope, Send
 
-Endpoint = Callable[[Request], Awaitable[Response]]
+from service.api import stages
 
 
 class DirectRoute(APIRoute):
@@ -22,10 +22,27 @@ class DirectRoute(APIRoute):
     ONNX Runtime run of a small request. Errors propagate to the app's handlers.
     """
 
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        super().__init__(path, endpoint, **kwargs)
+        self.observed = endpoint in stages.OBSERVED
+        self.model = stages.OBSERVED.get(endpoint)
+
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:
         if self.methods and scope["method"] not in self.methods:
             await super().handle(scope, receive, send)  # FastAPI's 405
             return
-        endpoint = cast(Endpoint, self.endpoint)
-        response = await endpoint(Request(scope, receive, send))
+        endpoint = cast(stages.Endpoint, self.endpoint)
+        request = Request(scope, receive, send)
+        if not self.observed:
+            response = await endpoint(request)
+        else:  # the stage timeline, made current here rather than in a wrapper coroutine
+            timeline = stages.begin(request, self.model)
+            token = stages.CURRENT.set(timeline)
+            try:
+                response = await endpoint(request)
+            except BaseException as exc:
+                timeline.failed(exc)
+                raise
+            finally:
+                stages.CURRENT.reset(token)
         await response(scope, receive, send)
