@@ -1,7 +1,7 @@
 """KServe 0.21 model server doing the same math in numpy (the peer in bench/servers.py).
 
-Run by bench/.venv-kserve/bin/python (make bench-peers): KServe pins a FastAPI and a
-uvicorn of its own, so it cannot share the service's venv.
+Run by .venv-kserve/bin/python (make test and make bench-peers build it): KServe pins
+packages of its own (protobuf, FastAPI, uvicorn), so it cannot share the service's venv.
 """
 
 import argparse

@@ -95,7 +95,7 @@ def _small_section(
     out += ["", "## (d) MLServer 1.7.1 and KServe 0.21 (numpy models), same clients, "
             "none writing access logs", ""]  # fmt: skip
     if peers is None:
-        out.append("Not run: bench/.venv-mlserver and bench/.venv-kserve are missing "
+        out.append("Not run: bench/.venv-mlserver and .venv-kserve are missing "
                    "(see `make bench-peers`).")  # fmt: skip
     else:
         out += ["| measure | value |", "|---|---|"]
@@ -124,6 +124,20 @@ def _payload_section(rows: list[dict]) -> list[str]:
             f"{mib / r['seconds']:.0f} | {floor[mib] / r['seconds']:.2f} | {memory}"
         )
     return out
+
+
+def _kept(old: str, lines: list[str]) -> list[str]:
+    """The sections of the old page that this run does not write (those of bench.options,
+    bench.tiny, bench.tracing: run by hand, with their own commands), in their order."""
+    written = {line for line in lines if line.startswith("## ")}
+    kept: list[str] = []
+    keep = False
+    for line in old.splitlines():
+        if line.startswith("## "):
+            keep = line not in written
+        if keep:
+            kept.append(line)
+    return kept
 
 
 def plot(small: list[dict], payloads: list[dict]) -> None:
@@ -189,7 +203,7 @@ def main() -> None:
         *pressure.section(*resources, command=f"python -m bench.run{' --quick' * args.quick}"),
         "",
     ]
-    DOC.write_text("\n".join(lines))
+    DOC.write_text("\n".join([*lines, *_kept(DOC.read_text(), lines)]))
     plot(small, payloads)
     print(DOC.read_text())
 

@@ -105,8 +105,8 @@ def mlserver(port: int) -> tuple[list[str], str, dict[str, str]] | None:
 
 
 def kserve(port: int) -> tuple[list[str], str, dict[str, str]] | None:
-    """KServe 0.21's model server with a numpy model, if bench/.venv-kserve exists."""
-    python = ROOT / "bench" / ".venv-kserve" / "bin" / "python"
+    """KServe 0.21's model server with a numpy model, if .venv-kserve exists."""
+    python = ROOT / ".venv-kserve" / "bin" / "python"
     if not python.exists():
         return None
     # -P: bench/ must not come first on sys.path (bench/http.py would shadow http)
