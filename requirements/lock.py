@@ -26,9 +26,13 @@ PLATFORMS = [f"manylinux_2_{minor}_x86_64" for minor in range(39, 16, -1)] + [
 ]
 
 
+IMAGE_EXTRAS = ["tracing"]  # in every image, so that the OTEL_* variables work there
+
+
 def requirements(extra: str) -> list[str]:
     project = tomllib.loads((HERE.parent / "pyproject.toml").read_text())["project"]
-    return [*project["dependencies"], *project["optional-dependencies"][extra]]
+    extras = project["optional-dependencies"]
+    return [*project["dependencies"], *(d for e in [extra, *IMAGE_EXTRAS] for d in extras[e])]
 
 
 def lock(extra: str) -> str:

@@ -14,8 +14,8 @@ from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ValidationError
 from starlette.datastructures import QueryParams
 
-from service.api import inference, openapi
-from service.api.body import Body
+from service.api import inference, openapi, stages
+from service.api.body import Body, body_limit
 from service.api.deps import runtime
 from service.api.errors import describe_validation
 from service.api.inference import Tensor, class_dim, compute
@@ -39,6 +39,7 @@ from service.schemas import ErrorDetail, LossRequest, LossResponse, SparseLossRe
 router = APIRouter(prefix="/v1", tags=["native"], route_class=DirectRoute)
 
 JSON = "application/json"
+FORM = "application/x-www-form-urlencoded"
 SAFETENSORS = safetensors.MEDIA_TYPE
 Model = TypeVar("Model", bound=BaseModel)
 
@@ -248,10 +249,15 @@ def encode_safetensors(result: LossResult, name: str | None) -> list[bytes | mem
     return safetensors.encode_buffers(dict(result.items()), metadata)
 
 
-async def _serve(request: Request, *, sparse: bool) -> Response:
+async def _serve(request: Request, *, sparse: bool, safetensors_answer: bool = False) -> Response:
     query = QueryArguments.of(request)
     env = runtime(request)
     media_type = request.headers.get("content-type", JSON).split(";", 1)[0].strip().lower()
+    if media_type == FORM:
+        # What `curl -d` sends when not told a Content-Type; its user means JSON. No new
+        # exposure: a cross-site page could already send this (the v2 infer route takes any
+        # type, as tritonclient sends none), it changes no state and cannot read the answer.
+        media_type = JSON
     if media_type not in (JSON, SAFETENSORS):
         raise UnsupportedMediaType(
             f"Content-Type {media_type!r} is not supported; send {JSON} or {SAFETENSORS}"
@@ -261,7 +267,9 @@ async def _serve(request: Request, *, sparse: bool) -> Response:
             f"query parameter(s) {', '.join(query.given())} apply to safetensors bodies; "
             "with JSON put them in the object"
         )
-    wants_safetensors = text.accepts(request.headers.get("accept", ""), SAFETENSORS)
+    wants_safetensors = safetensors_answer or text.accepts(
+        request.headers.get("accept", ""), SAFETENSORS
+    )
     settings = env.settings
     op = SPARSE_OP if sparse else SOFT_OP
     answer_type = SAFETENSORS if wants_safetensors else JSON
@@ -291,11 +299,8 @@ async def _serve(request: Request, *, sparse: bool) -> Response:
             return Encoded(encode_safetensors(result, call.name), answer_type)
         return Encoded([encode_json(result, call.name)], answer_type)
 
-    if media_type == JSON:
-        limit = min(settings.max_request_bytes, settings.max_json_bytes)
-        parse_cost = json_document.parse_cost
-    else:
-        limit, parse_cost = settings.max_request_bytes, safetensors.parse_cost
+    limit = body_limit(settings, json=media_type == JSON)
+    parse_cost = json_document.parse_cost if media_type == JSON else safetensors.parse_cost
     return await serve(
         request, env, limit=limit, parse=parse, parse_cost=parse_cost, cost=cost, run=run
     )
@@ -340,6 +345,7 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
         LossRequest, "dim", "axis", "outputs", "name", "reduction", "label_smoothing"
     ),
 )
+@stages.observed(SOFT_OP)  # counted with the v2 model of the same name
 async def softmax_cross_entropy_with_logits(request: Request) -> Response:
     """Loss, and on request its gradients, for probability-distribution labels."""
     return await _serve(request, sparse=False)
@@ -353,6 +359,50 @@ async def softmax_cross_entropy_with_logits(request: Request) -> Response:
     responses=RESPONSES,
     openapi_extra=_openapi(SparseLossRequest, *QUERY_PARAMETERS),
 )
+@stages.observed(SPARSE_OP)  # counted with the v2 model of the same name
 async def sparse_softmax_cross_entropy_with_logits(request: Request) -> Response:
     """Loss, and on request grad_logits, for integer class labels."""
     return await _serve(request, sparse=True)
+
+
+# The same operations answered in safetensors whatever the Accept header: one media type per
+# operation is what generated clients can type (openapi-python-client parses the first
+# media type a response lists, so asking the operations above for safetensors made it
+# decode the bytes as JSON); here the answer is typed as bytes.
+SAFETENSORS_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **ERROR_RESPONSES,
+    200: {
+        "description": "The requested outputs as safetensors (name and dtype in its metadata)",
+        "content": {SAFETENSORS: {"schema": {"type": "string", "format": "binary"}}},
+    },
+}
+
+
+@router.post(
+    "/softmax_cross_entropy_with_logits.safetensors",
+    operation_id="softmax_cross_entropy_with_logits_safetensors",
+    summary="Softmax cross entropy, answered in safetensors",
+    response_class=Response,
+    responses=SAFETENSORS_RESPONSES,
+    openapi_extra=_openapi(
+        LossRequest, "dim", "axis", "outputs", "name", "reduction", "label_smoothing"
+    ),
+)
+@stages.observed(SOFT_OP)
+async def softmax_cross_entropy_with_logits_safetensors(request: Request) -> Response:
+    """As softmax_cross_entropy_with_logits, with the outputs as a safetensors body."""
+    return await _serve(request, sparse=False, safetensors_answer=True)
+
+
+@router.post(
+    "/sparse_softmax_cross_entropy_with_logits.safetensors",
+    operation_id="sparse_softmax_cross_entropy_with_logits_safetensors",
+    summary="Sparse softmax cross entropy, answered in safetensors",
+    response_class=Response,
+    responses=SAFETENSORS_RESPONSES,
+    openapi_extra=_openapi(SparseLossRequest, *QUERY_PARAMETERS),
+)
+@stages.observed(SPARSE_OP)
+async def sparse_softmax_cross_entropy_with_logits_safetensors(request: Request) -> Response:
+    """As sparse_softmax_cross_entropy_with_logits, with the outputs as a safetensors body."""
+    return await _serve(request, sparse=True, safetensors_answer=True)
