@@ -140,13 +140,24 @@ def _kept(old: str, lines: list[str]) -> list[str]:
     return kept
 
 
-def plot(small: list[dict], payloads: list[dict]) -> None:
+def plot(small: list[dict], payloads: list[dict], goals: list[dict]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (speed, latency, small_p99) = plt.subplots(1, 3, figsize=(17, 4.5))
+    fig = plt.figure(figsize=(17, 9))
+    grid = fig.add_gridspec(2, 3)
+    speed, latency, small_p99 = (fig.add_subplot(grid[0, k]) for k in range(3))
+    scores = fig.add_subplot(grid[1, :])
+    labels = [f"{g['work']} vs {g['against'].split(' ')[0]}" for g in goals]
+    values = [g["score"] for g in goals]
+    scores.barh(labels, values, color=["tab:green" if g["met"] else "tab:red" for g in goals])
+    scores.axvline(1.0, color="black", linewidth=1)
+    scores.invert_yaxis()
+    scores.tick_params(axis="y", labelsize="small")
+    scores.set(xlabel="how far each target is met (1: exactly; more is better)",
+               title="Issue 11's targets, side by side in this run")  # fmt: skip
     for name in dict.fromkeys(r["path"] for r in payloads):
         pts = [r for r in payloads if r["path"] == name]
         sizes = [r["payload_mib"] for r in pts]
@@ -204,7 +215,7 @@ def main() -> None:
         "",
     ]
     DOC.write_text("\n".join([*lines, *_kept(DOC.read_text(), lines)]))
-    plot(small, payloads)
+    plot(small, payloads, goals)
     print(DOC.read_text())
 
 

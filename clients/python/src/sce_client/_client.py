@@ -273,6 +273,33 @@ class _Calls(Generic[R]):
 
     _core: _Core
 
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8000",
+        *,
+        transport: Transport = "v2",
+        api_key: str | None = None,
+        timeout: float = 300.0,
+        connect_timeout: float = 10.0,
+        retries: int = 5,
+        max_retry_wait: float = 60.0,
+        backoff: float = 0.5,
+        connect_retries: int = 2,
+        max_connections: int = 10,
+    ) -> None:
+        self._core = _Core(
+            base_url,
+            transport,
+            api_key,
+            timeout,
+            connect_timeout,
+            retries,
+            max_retry_wait,
+            backoff,
+            connect_retries,
+            max_connections,
+        )
+
     def _run(self, request: _Request) -> R:
         raise NotImplementedError
 
@@ -359,33 +386,6 @@ class Client(_Calls[Result]):
     `Unavailable`. A connection refused is tried `connect_retries` more times.
     """
 
-    def __init__(
-        self,
-        base_url: str = "http://127.0.0.1:8000",
-        *,
-        transport: Transport = "v2",
-        api_key: str | None = None,
-        timeout: float = 300.0,
-        connect_timeout: float = 10.0,
-        retries: int = 5,
-        max_retry_wait: float = 60.0,
-        backoff: float = 0.5,
-        connect_retries: int = 2,
-        max_connections: int = 10,
-    ) -> None:
-        self._core = _Core(
-            base_url,
-            transport,
-            api_key,
-            timeout,
-            connect_timeout,
-            retries,
-            max_retry_wait,
-            backoff,
-            connect_retries,
-            max_connections,
-        )
-
     def _answer(self, request: _Request) -> _Answer:
         waited = 0.0
         attempt = 0
@@ -440,33 +440,6 @@ class AsyncClient(_Calls[Coroutine[Any, Any, Result]]):
     the loop: it copies nothing but arrays that are not C-contiguous.) A cancelled call
     stops waiting at once; its exchange, already in a thread, runs to its end.
     """
-
-    def __init__(
-        self,
-        base_url: str = "http://127.0.0.1:8000",
-        *,
-        transport: Transport = "v2",
-        api_key: str | None = None,
-        timeout: float = 300.0,
-        connect_timeout: float = 10.0,
-        retries: int = 5,
-        max_retry_wait: float = 60.0,
-        backoff: float = 0.5,
-        connect_retries: int = 2,
-        max_connections: int = 10,
-    ) -> None:
-        self._core = _Core(
-            base_url,
-            transport,
-            api_key,
-            timeout,
-            connect_timeout,
-            retries,
-            max_retry_wait,
-            backoff,
-            connect_retries,
-            max_connections,
-        )
 
     async def _answer(self, request: _Request) -> _Answer:
         waited = 0.0
