@@ -13,16 +13,20 @@ big JSON decode.
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import platform
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from bench import engine, http, json_decode, pressure, targets, transport
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
 PLOT = ROOT / "docs" / "benchmarks.png"
+RAW = ROOT / "bench" / ".last-run.json"  # the figures of the last run (not committed)
 
 
 def _engine_section(rows: list[dict], accuracy: list[dict]) -> list[str]:
@@ -101,8 +105,11 @@ def _small_section(
         out += ["| measure | value |", "|---|---|"]
         out += [f"| {k} | {v:.3f} |" for k, v in peers.items()]
     out += ["", "## Big JSON decode (512 x 1000 x 2 tensors), in process", "",
-            "| decoder | ms |", "|---|---|"]  # fmt: skip
-    out += [f"| {k} | {v * 1e3:.1f} |" for k, v in big_json.items()]
+            "`python -m bench.json_decode`'s figures: best of the runs, tracemalloc's peak.",
+            "", "```"]  # fmt: skip
+    out += [f"{k:45s} " + "  ".join(f"{n} {v:10.3f}" for n, v in row.items())
+            for k, row in big_json.items()]  # fmt: skip
+    out += ["```"]
     return out
 
 
@@ -179,43 +186,67 @@ def plot(small: list[dict], payloads: list[dict], goals: list[dict]) -> None:
     fig.savefig(PLOT, dpi=110)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--quick", action="store_true", help="small sizes, short runs")
-    args = parser.parse_args()
-    started = time.strftime("%Y-%m-%d %H:%M")
-    sizes = [(32, 10), (1024, 1000), (8192, 4096)] + ([] if args.quick else [(8192, 32000)])
-    seconds = 2 if args.quick else 5
-    payload_sizes = [0.5, 8] if args.quick else [0.5, 2, 8, 32, 128]
-    speed = engine.measure(sizes, 3 if args.quick else 5)
-    accuracy = engine.accuracy()
-    results = {"peers": http.peers(seconds), "workers": http.workers(seconds)}
-    small = http.small_requests(seconds)
-    payloads = transport.measure(payload_sizes, 2 if args.quick else 3)
-    big_json = json_decode.measure()
-    resources = pressure.run(args.quick)
-    goals = targets.measure(seconds)
+def measure(quick: bool) -> dict[str, Any]:
+    """Every figure of the page, JSON-serialisable (saved to RAW before the page is made)."""
+    sizes = [(32, 10), (1024, 1000), (8192, 4096)] + ([] if quick else [(8192, 32000)])
+    seconds = 2 if quick else 5
+    return {
+        "quick": quick,
+        "started": time.strftime("%Y-%m-%d %H:%M"),
+        "speed": engine.measure(sizes, 3 if quick else 5),
+        "accuracy": engine.accuracy(),
+        "peers": http.peers(seconds),
+        "workers": http.workers(seconds),
+        "small": http.small_requests(seconds),
+        "payloads": transport.measure(
+            [0.5, 8] if quick else [0.5, 2, 8, 32, 128], 2 if quick else 3
+        ),
+        "big_json": json_decode.measure(),
+        "resources": pressure.run(quick),
+        "goals": targets.measure(seconds),
+    }
+
+
+def write(figures: dict[str, Any]) -> None:
+    """docs/benchmarks.md and its plot from a run's figures."""
+    command = f"python -m bench.run{' --quick' * figures['quick']}"
     lines = [
         "# Benchmarks",
         "",
-        f"Produced by `make bench` (`python -m bench.run{' --quick' if args.quick else ''}`) "
-        f"on {started}, {platform.machine()}, {len(__import__('os').sched_getaffinity(0))} "
-        f"CPUs, Python {sys.version.split()[0]}: one run, contenders interleaved, best of "
-        "the repeats. The machine is shared and noisy: the ratios are the meaningful part.",
+        f"Produced by `make bench` (`{command}`) on {figures['started']}, "
+        f"{platform.machine()}, {len(os.sched_getaffinity(0))} CPUs, Python "
+        f"{sys.version.split()[0]}: one run, contenders interleaved, best of the repeats. "
+        "The machine is shared and noisy: the ratios are the meaningful part.",
         "",
         "![throughput and latency](benchmarks.png)",
         "",
-        *targets.section(goals, command=f"python -m bench.run{' --quick' * args.quick}"),
+        *targets.section(figures["goals"], command=command),
         "",
-        *_engine_section(speed, accuracy),
-        *_small_section(small, results["workers"], results["peers"], big_json),
-        *_payload_section(payloads),
+        *_engine_section(figures["speed"], figures["accuracy"]),
+        *_small_section(
+            figures["small"], {int(k): v for k, v in figures["workers"].items()},
+            figures["peers"], figures["big_json"],
+        ),
+        *_payload_section(figures["payloads"]),
         "",
-        *pressure.section(*resources, command=f"python -m bench.run{' --quick' * args.quick}"),
+        *pressure.section(*figures["resources"], command=command),
         "",
-    ]
+    ]  # fmt: skip
     DOC.write_text("\n".join([*lines, *_kept(DOC.read_text(), lines)]))
-    plot(small, payloads, goals)
+    plot(figures["small"], figures["payloads"], figures["goals"])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--quick", action="store_true", help="small sizes, short runs")
+    parser.add_argument("--from-json", type=Path, help=f"make the page from saved figures ({RAW})")
+    args = parser.parse_args()
+    if args.from_json is None:
+        figures = measure(args.quick)
+        RAW.write_text(json.dumps(figures, indent=1))  # kept if making the page fails
+    else:
+        figures = json.loads(args.from_json.read_text())
+    write(figures)
     print(DOC.read_text())
 
 
