@@ -71,13 +71,21 @@ def start_server(
     )
     proc.log = log  # type: ignore[attr-defined]
     url = f"http://127.0.0.1:{port}"
+    wait_ready(proc, url, timeout)
+    return proc, url
+
+
+def wait_ready(proc: subprocess.Popen[bytes], url: str, timeout: float = 60.0) -> None:
+    """Return once the server at `url` answers its readiness probe; RuntimeError with its
+    log when it exits first, and killed when it is not ready within `timeout` seconds.
+    `proc` writes to a file kept as `proc.log` (see start_server)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}:\n{server_log(proc)}")
         try:
             if httpx.get(f"{url}/v2/health/ready", timeout=1.0).status_code == 200:
-                return proc, url
+                return
         except httpx.TransportError:
             pass
         time.sleep(0.1)

@@ -8,14 +8,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from service.settings import Settings
-from tests.conftest import free_port
+from tests.conftest import free_port, stop_server, wait_ready
 
 ROOT = Path(__file__).resolve().parents[1]
 # What could change where the server listens, or what an outer make passes down.
@@ -65,25 +63,11 @@ def test_the_server_listens_on_the_platforms_port() -> None:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
+        proc.log = log  # type: ignore[attr-defined]
         try:
-            deadline = time.monotonic() + 60
-            status = None
-            while time.monotonic() < deadline and proc.poll() is None:
-                try:
-                    url = f"http://127.0.0.1:{port}/v2/health/ready"
-                    status = httpx.get(url, timeout=1.0).status_code
-                    break
-                except httpx.TransportError:
-                    time.sleep(0.1)
-            log.seek(0)
-            assert status == 200, log.read().decode(errors="replace")
+            wait_ready(proc, f"http://127.0.0.1:{port}")
         finally:
-            proc.terminate()
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
+            stop_server(proc)
 
 
 def _make_run(args: list[str], env: dict[str, str]) -> str:
