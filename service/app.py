@@ -1,4 +1,4 @@
-"""create_app(settings) -> FastAPI: the lifespan builds the engine; routers and handlers."""
+"""create_app(settings) -> ServiceApp: the lifespan builds the engine; routers and handlers."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from service.api import errors, openapi, ops, statistics, tracing, v1, v2
 from service.api.admission import ComputePool, MemoryBudget, default_budget
 from service.api.auth import ApiKeyMiddleware
 from service.api.metrics import ObservabilityMiddleware
+from service.api.routing import ServiceApp
 from service.api.stages import Recorder
 from service.engine.engine import Engine
 from service.engine.sessions import usable_cpus
@@ -29,7 +30,7 @@ log = logging.getLogger("service")
 
 def create_app(
     settings: Settings | None = None, *, tracer_provider: TracerProvider | None = None
-) -> FastAPI:
+) -> ServiceApp:
     """The application; nothing heavy happens until its lifespan starts. Traces go to
     `tracer_provider`, else where the OTEL_* variables say (service/api/tracing.py)."""
     settings = settings or Settings()
@@ -56,7 +57,7 @@ def create_app(
             app.state.engine = None
             app.state.pool.close()
 
-    app = FastAPI(
+    app = ServiceApp(
         title="Softmax cross entropy service",
         version=__version__,
         summary="tf.nn.softmax_cross_entropy_with_logits_v2 and its gradients, via ONNX Runtime",
@@ -115,7 +116,7 @@ def create_app(
     return app
 
 
-def app_from_environment() -> FastAPI:
+def app_from_environment() -> ServiceApp:
     """uvicorn factory for worker processes: settings from SCE_* variables."""
     logs.lean_records()
     return create_app(Settings())

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import gzip
-from collections.abc import AsyncIterator
 
 import pytest
 
@@ -22,10 +21,11 @@ class FakeRequest:
         self._chunks = [body[i : i + chunk] for i in range(0, len(body), chunk)]
         self.consumed = 0
 
-    async def stream(self) -> AsyncIterator[bytes]:
-        for chunk in self._chunks:
-            self.consumed += 1
-            yield chunk
+    async def receive(self) -> dict[str, object]:
+        chunk = self._chunks[self.consumed] if self.consumed < len(self._chunks) else b""
+        self.consumed += 1
+        more = self.consumed < len(self._chunks)
+        return {"type": "http.request", "body": chunk, "more_body": more}
 
     @property
     def total_chunks(self) -> int:
@@ -77,10 +77,9 @@ class TrickleRequest(FakeRequest):
         super().__init__(body, {"content-length": str(len(body))}, chunk)
         self.gap = gap
 
-    async def stream(self) -> AsyncIterator[bytes]:
-        async for chunk in super().stream():
-            await asyncio.sleep(self.gap)
-            yield chunk
+    async def receive(self) -> dict[str, object]:
+        await asyncio.sleep(self.gap)
+        return await super().receive()
 
 
 def test_a_body_below_the_minimum_rate_is_408(monkeypatch: pytest.MonkeyPatch) -> None:
