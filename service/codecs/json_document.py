@@ -89,7 +89,18 @@ INTEGER_DIGITS = 18  # every integer of at most this many digits fits int64
 
 _WS = rb"[ \t\n\r]*+"
 _NUMBER = rb"-?+(?:0|[1-9][0-9]*+)(?:\.[0-9]++)?+(?:[eE][+-]?+[0-9]++)?+"
-_STRING = rb'"(?:[^"\\\x00-\x1f]++|\\(?:["\\/bfnrt]|u[0-9a-fA-F]{4}))*+"'
+# A string as orjson reads one: UTF-8 (no surrogate code point), escapes, and a UTF-16
+# surrogate escaped only as a high-low pair.
+_UTF8 = (
+    rb"[\x20\x21\x23-\x5b\x5d-\x7f]++|[\xc2-\xdf][\x80-\xbf]|\xe0[\xa0-\xbf][\x80-\xbf]"
+    rb"|[\xe1-\xec\xee\xef][\x80-\xbf]{2}|\xed[\x80-\x9f][\x80-\xbf]"
+    rb"|\xf0[\x90-\xbf][\x80-\xbf]{2}|[\xf1-\xf3][\x80-\xbf]{3}|\xf4[\x80-\x8f][\x80-\xbf]{2}"
+)
+_ESCAPE = (
+    rb'\\(?:["\\/bfnrt]|u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2}'
+    rb"|u(?![dD][89a-fA-F])[0-9a-fA-F]{4})"
+)
+_STRING = rb'"(?:' + _UTF8 + rb"|" + _ESCAPE + rb')*+"'
 _WORDS = rb"true|false|null"
 _BARE = rb"NaN|-?Infinity"
 
@@ -303,15 +314,18 @@ def _loads_small(data: memoryview) -> Any:
     JsonTensor holding them (np.array), as the general way would (the tests compare).
     Raises orjson.JSONDecodeError or _Unusual for what it leaves to the general way."""
     document = orjson.loads(data)
+    # Without these words anywhere in the body no array holds true, false or null, and
+    # numpy's dtype alone tells numbers from the rest (it would read true as 1.0).
+    literals = _LITERAL_RE.search(data) is not None
     if type(document) is list:
-        document = _small_tensor(document)
+        document = _small_tensor(document, literals)
     stack: list[Any] = [document]
     while stack:
         node = stack.pop()
         if type(node) is dict:
             for key, value in node.items():
                 if type(value) is list:
-                    found = _small_tensor(value)
+                    found = _small_tensor(value, literals)
                     if found is value:
                         stack.append(value)  # skeleton: objects in it hold arrays
                     else:
@@ -323,32 +337,39 @@ def _loads_small(data: memoryview) -> Any:
     return document
 
 
-def _small_tensor(value: list[Any]) -> Any:
+_LITERAL_RE = re.compile(rb"true|false|null")
+
+
+def _small_tensor(value: list[Any], literals: bool) -> Any:
     """`value` (an array after ':' or the whole document) as a JsonTensor when it holds
-    numbers only, itself when it holds no number (skeleton); _Unusual otherwise."""
+    numbers only, itself when it holds no number (skeleton); _Unusual otherwise. With
+    `literals` (true, false or null in the body) orjson's text of `value` is checked
+    first: numbers are written with digits, ".", "-", "e" only."""
     if not value:
         return value
+    if literals:
+        try:
+            text = orjson.dumps(value)
+        except TypeError:  # nested deeper than orjson writes (255)
+            raise _Unusual from None
+        if b"t" in text or b"f" in text or b"n" in text:
+            if b'"' not in text and b"{" not in text:
+                raise _Unusual  # true, false, null among numbers
     try:
-        text = orjson.dumps(value)  # numbers written with digits, ".", "-", "e" only
-    except TypeError:  # nested deeper than orjson writes (255)
-        raise _Unusual from None
-    if b"{" in text and any(type(v) is dict for v in value):
-        return value  # it holds objects
-    if b'"' in text:
+        array = np.array(value)
+    except (ValueError, OverflowError):
+        raise _Unusual from None  # jagged, or deeper than numpy goes
+    kind = array.dtype.kind
+    if kind == "U":
         if all(type(v) is str and v not in NON_FINITE for v in value):
             return value  # strings: "outputs": ["loss"]
         raise _Unusual
-    if b"{" in text or b"t" in text or b"f" in text or b"n" in text:
-        raise _Unusual  # objects deeper down, true, false, null
-    try:
-        array = np.array(value)
-    except ValueError:
-        raise _Unusual from None  # jagged, or deeper than numpy goes
-    if array.dtype.kind not in "iuf" or array.ndim > MAX_RANK:
-        raise _Unusual  # integers beyond int64 beside negative ones
+    if kind == "O" and any(type(v) is dict for v in value):
+        return value  # it holds objects
+    if kind not in "iuf" or array.ndim > MAX_RANK:
+        raise _Unusual  # objects deeper down, integers beyond int64, true or false
     if array.size == 0:
         return value  # no number: skeleton, as [[], []] is
-    # orjson's text is not kept: its buffer is ~4 KiB however short the text
     return JsonTensor(_NO_TEXT, 0, 0, array.shape, None, False, array)
 
 

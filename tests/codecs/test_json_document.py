@@ -429,6 +429,26 @@ def test_hostile_documents_are_refused_as_orjson_refuses_them(document: bytes, m
         _hostile(document)
 
 
+@pytest.mark.parametrize(
+    "string",
+    [b'"\\ud800"', b'"\\udc00\\ud800"', b'"-Infinity\xff"', b'"\xed\xa0\x80"', b'"\xc0\xaf"'],
+    ids=["lone-high-escape", "reversed-pair", "invalid-byte", "surrogate-bytes", "overlong"],
+)
+@pytest.mark.parametrize("mode", MODES)
+def test_a_string_orjson_refuses_in_a_tensor_is_400(string: bytes, mode: str) -> None:
+    """Found by the test above: such a string among numbers was a 422 (not a number)
+    where orjson, and so the service elsewhere, says 400 (not JSON)."""
+    document = b'{"name": "x", "labels": [[0.5, ' + string + b', 1.0]], "outputs": ["loss"]}'
+    with pytest.raises(orjson.JSONDecodeError):
+        orjson.loads(document)
+    with reading(mode):
+        _hostile(document)
+    for fine in (b'"\\ud83d\\ude00"', '"é😀"'.encode(), b'"\\\\ud800"'):
+        orjson.loads(fine)
+        with reading(mode), pytest.raises(Refused):  # a string, not a number: 422
+            _decode_all(loads(document.replace(string, fine), bare_non_finite=False), DType.float64)
+
+
 def _hostile(document: bytes) -> None:
     try:
         theirs = orjson.loads(document)
