@@ -18,7 +18,7 @@ from fastapi import Request
 from starlette.requests import ClientDisconnect
 
 from service.api.admission import BodyPace, Lease
-from service.api.protocol import READ_AHEAD
+from service.api.protocol import BODY_IN, READ_AHEAD
 from service.codecs import text
 from service.errors import MalformedBody, PayloadTooLarge, UnsupportedMediaType
 from service.settings import Settings
@@ -160,7 +160,8 @@ class _Chunks:
         self.limit = limit
         self.received = 0
         self.ended = False
-        self.watch = None if pace is None else _Watch(pace)
+        complete = request.scope.get(BODY_IN, False)
+        self.watch = None if pace is None or complete else _Watch(pace)
 
     async def next(self) -> bytes | None:
         """The next non-empty chunk; None once the body has ended."""

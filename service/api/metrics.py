@@ -13,7 +13,6 @@ import logging
 import os
 import re
 import time
-import uuid
 from collections.abc import Callable
 from functools import lru_cache
 
@@ -115,7 +114,8 @@ class ObservabilityMiddleware:
         start = time.perf_counter()
         given = next((v for k, v in scope["headers"] if k == b"x-request-id"), b"")
         given = given.decode("latin-1")
-        request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+        # 32 random hex digits, as uuid4().hex without building a UUID (~1.5 us)
+        request_id = given if _REQUEST_ID.match(given) else os.urandom(16).hex()
         state = {"status": 500, "in": 0, "out": 0}
 
         async def counting_receive() -> Message:

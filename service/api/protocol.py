@@ -54,6 +54,11 @@ reading the socket. uvicorn's 64 KiB until the application sets it, which it doe
 the request's memory lease covers that much beyond what is stored (service/api/body.py):
 so a request waiting for memory buffers no more than before."""
 
+BODY_IN = "sce.body_in"
+"""Scope key, True once the whole body is buffered: reading it cannot wait, so no pace
+timer is armed for it (service/api/body.py). A small request's body usually comes with
+its head, before the application starts."""
+
 LINGER_SECONDS = 2.0
 """After a 431 or 408, how long what a client still sends is read and dropped."""
 
@@ -254,6 +259,7 @@ class ServiceHttpProtocol(HttpToolsProtocol):
         if self.parser.should_upgrade() and not self._should_upgrade():
             return  # an ignored upgrade offer: its body follows (see _ignore_upgrade)
         super().on_message_complete()
+        self.cycle.scope[BODY_IN] = True  # type: ignore[literal-required]
         self.reading_head = True
         self.head_bytes = 0
         self.head_begun = False

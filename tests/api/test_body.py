@@ -7,8 +7,10 @@ import gzip
 
 import pytest
 
+from service.api import body
 from service.api.admission import BodyPace, MemoryBudget
 from service.api.body import read_body
+from service.api.protocol import BODY_IN
 from service.errors import MalformedBody, PayloadTooLarge, RequestTimeout
 
 
@@ -176,3 +178,21 @@ def test_time_spent_waiting_for_memory_does_not_count_against_the_pace(
         return bytes(got) == body
 
     assert asyncio.run(scenario())
+
+
+def test_a_body_already_in_arms_no_pace_timer() -> None:
+    """The connection marks a body it holds whole (protocol.BODY_IN): reading it cannot
+    wait, so no timer is armed; without the mark one is."""
+
+    async def watches(scope: dict[str, object]) -> bool:
+        request = FakeRequest(b"x" * 10, {"content-length": "10"})
+        request.scope = scope
+        chunks = body._Chunks(request, 100, BodyPace(timeout=1, rate=0))  # type: ignore[arg-type]
+        try:
+            assert await chunks.next() == b"x" * 10
+            return chunks.watch is not None
+        finally:
+            chunks.close()
+
+    assert asyncio.run(watches({})) is True
+    assert asyncio.run(watches({BODY_IN: True})) is False
