@@ -315,8 +315,11 @@ def _loads_small(data: memoryview) -> Any:
     Raises orjson.JSONDecodeError or _Unusual for what it leaves to the general way."""
     document = orjson.loads(data)
     # Without these words anywhere in the body no array holds true, false or null, and
-    # numpy's dtype alone tells numbers from the rest (it would read true as 1.0).
-    literals = _LITERAL_RE.search(data) is not None
+    # numpy's dtype alone tells numbers from the rest (it would read true as 1.0). They
+    # are looked for in what is left once the bytes of numbers are deleted: ~5 us for
+    # 13 kB, where a regular expression over the body took ~33 us.
+    letters = data.tobytes().translate(None, _NUMBER_BYTES)
+    literals = b"true" in letters or b"false" in letters or b"null" in letters
     if type(document) is list:
         document = _small_tensor(document, literals)
     stack: list[Any] = [document]
@@ -337,7 +340,7 @@ def _loads_small(data: memoryview) -> Any:
     return document
 
 
-_LITERAL_RE = re.compile(rb"true|false|null")
+_NUMBER_BYTES = b"0123456789.-+,[] \t\n\r"  # not e or E: they are letters of true and false
 
 
 def _small_tensor(value: list[Any], literals: bool) -> Any:
