@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
+import orjson
 from pythonjsonlogger.core import RESERVED_ATTRS, LogData
 from pythonjsonlogger.orjson import OrjsonFormatter
 
@@ -27,22 +29,26 @@ def log_config(level: str, json: bool, access: bool = True) -> dict[str, Any]:
         if json
         else {"()": "service.logs.SafeTextFormatter", "fmt": TEXT_FORMAT}
     )
+    stream = {"class": "logging.StreamHandler", "stream": "ext://sys.stderr"}
+    access_logger: dict[str, Any] = {"level": "NOTSET" if access else "WARNING"}
+    if json:  # the same lines, from a formatter that knows their fields
+        access_logger.update(handlers=["access"], propagate=False)
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {"default": formatter},
+        "formatters": {
+            "default": formatter,
+            "access": {"()": "service.logs.AccessJsonFormatter"},
+        },
         "handlers": {
-            "default": {
-                "class": "logging.StreamHandler",
-                "formatter": "default",
-                "stream": "ext://sys.stderr",
-            }
+            "default": {**stream, "formatter": "default"},
+            "access": {**stream, "formatter": "access"},
         },
         "loggers": {
             "": {"handlers": ["default"], "level": level.upper()},
             "uvicorn": {"handlers": [], "level": level.upper(), "propagate": True},
             "uvicorn.access": {"handlers": [], "level": "WARNING", "propagate": False},
-            "service.access": {"level": "NOTSET" if access else "WARNING"},
+            "service.access": access_logger,
         },
     }
 
@@ -68,6 +74,53 @@ class SafeJsonFormatter(OrjsonFormatter):
             return super().jsonify_log_record(log_data)
         except TypeError:  # orjson: "str is not valid UTF-8: surrogates not allowed"
             return super().jsonify_log_record(_escaped(log_data))
+
+
+ACCESS_FIELDS = (
+    "request_id",
+    "method",
+    "path",
+    "route",
+    "status",
+    "duration_ms",
+    "bytes_in",
+    "bytes_out",
+    "client",
+)
+"""What `service.access` records carry (service/api/metrics.py), in the order written."""
+
+
+class AccessJsonFormatter(logging.Formatter):
+    """The access lines, as SafeJsonFormatter writes them (same keys, order and time
+    format), built from the fields they are known to carry: python-json-logger walks
+    every attribute of a record through several steps, ~6 us a line where this takes
+    ~2 us, and the line is written for every request."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._second = -1
+        self._stamp = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        second = int(record.created)
+        if second != self._second:  # strftime once a second
+            self._stamp = time.strftime(self.default_time_format, self.converter(second))
+            self._second = second
+        return f"{self._stamp},{int(record.msecs):03d}"
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = {
+            "time": self.formatTime(record),
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        values = record.__dict__
+        line.update((k, values[k]) for k in ACCESS_FIELDS if k in values)
+        try:
+            return orjson.dumps(line).decode()
+        except TypeError:  # a lone surrogate in the path: escaped, as SafeJsonFormatter does
+            return orjson.dumps(_escaped(line), default=str).decode()
 
 
 class SafeTextFormatter(logging.Formatter):

@@ -101,7 +101,7 @@ def compute(
         **{n: arrays.get(n) for n in WEIGHT_INPUTS},
     )
     computed = now()
-    metrics.INFERENCE.labels(op, result.dtype.name, engine.providers[0]).observe(
+    metrics.inference_series(op, result.dtype.name, engine.providers[0]).observe(
         (computed - decoded) / 1e9
     )
     timeline = CURRENT.get()

@@ -13,7 +13,6 @@ import logging
 import os
 import re
 import time
-from collections.abc import Callable
 from functools import lru_cache
 
 from prometheus_client import (
@@ -27,8 +26,6 @@ from prometheus_client import (
     multiprocess,
 )
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
-
-from service.engine.engine import LossResult
 
 access_log = logging.getLogger("service.access")
 
@@ -74,12 +71,10 @@ INFERENCE = Histogram(
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
 
 
-def timed_inference(model: str, provider: str, run: Callable[[], LossResult]) -> LossResult:
-    """Run an engine call and record its duration by model, dtype and provider."""
-    start = time.perf_counter()
-    result = run()
-    INFERENCE.labels(model, result.dtype.name, provider).observe(time.perf_counter() - start)
-    return result
+@lru_cache(maxsize=256)
+def inference_series(model: str, dtype: str, provider: str) -> Histogram:
+    """The engine-time histogram of a model, dtype and provider."""
+    return INFERENCE.labels(model, dtype, provider)
 
 
 @lru_cache(maxsize=1024)  # the labelled children, looked up once rather than per request

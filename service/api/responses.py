@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
-from starlette.background import BackgroundTask
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
@@ -19,13 +18,16 @@ class BuffersResponse(Response):
         *,
         media_type: str,
         headers: Mapping[str, str] | None = None,
-        background: BackgroundTask | None = None,
         done: Callable[[], None] | None = None,
     ) -> None:
+        # Response.__init__'s work, done once: it would render no body, and setting the
+        # length after it (MutableHeaders) walked its headers again.
         self.buffers = list(buffers)
         self.done = done
-        super().__init__(headers=headers, media_type=media_type, background=background)
-        self.headers["content-length"] = str(sum(len(b) for b in self.buffers))
+        self.status_code = 200
+        self.media_type = media_type
+        length = str(sum(len(b) for b in self.buffers))
+        self.init_headers({**(headers or {}), "content-length": length, "content-type": media_type})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -45,5 +47,3 @@ class BuffersResponse(Response):
             self.buffers = []
             if self.done is not None:
                 self.done()
-        if self.background is not None:
-            await self.background()

@@ -9,13 +9,14 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
+import orjson
 import pytest
 from fastapi.testclient import TestClient
 
 from service.app import create_app
 from service.engine.engine import Engine
 from service.engine.sessions import cgroup_cpu_limit, usable_cpus
-from service.logs import log_config
+from service.logs import ACCESS_FIELDS, AccessJsonFormatter, SafeJsonFormatter, log_config
 from service.settings import Settings
 
 SOFT = "/v1/softmax_cross_entropy_with_logits"
@@ -196,7 +197,7 @@ def test_thread_count_follows_the_quota_not_the_host(tmp_path: Path) -> None:
 
 def test_access_log_setting_turns_only_the_access_lines_off() -> None:
     access, root = logging.getLogger("service.access"), logging.getLogger()
-    saved = access.level, root.level, root.handlers[:]
+    saved = access.level, root.level, root.handlers[:], access.handlers[:], access.propagate
     try:
         logging.config.dictConfig(log_config("info", True, access=False))
         assert not access.isEnabledFor(logging.INFO)
@@ -207,3 +208,19 @@ def test_access_log_setting_turns_only_the_access_lines_off() -> None:
         access.setLevel(saved[0])
         root.setLevel(saved[1])
         root.handlers[:] = saved[2]
+        access.handlers[:], access.propagate = saved[3], saved[4]
+
+
+@pytest.mark.parametrize("path", ["/v1/x", "/v1/x\udcff"], ids=["plain", "lone-surrogate"])
+def test_access_lines_are_what_the_general_json_formatter_writes(path: str) -> None:
+    """The access logger's own formatter (logs.AccessJsonFormatter) writes the very line
+    the formatter of every other record (python-json-logger's) would."""
+    options = dict(log_config("info", True)["formatters"]["default"])
+    general = SafeJsonFormatter(**{k: v for k, v in options.items() if k != "()"})
+    fields = {name: f"{name}-value" for name in ACCESS_FIELDS} | {"path": path, "status": 404}
+    record = logging.getLogger("service.access").makeRecord(
+        "service.access", logging.INFO, "", 0, "%s %s %s", ("GET", path, 404), None, extra=fields
+    )
+    line = AccessJsonFormatter().format(record)
+    assert line == general.format(record)
+    assert list(orjson.loads(line))[4:] == list(ACCESS_FIELDS)
