@@ -30,20 +30,18 @@ def log_config(level: str, json: bool, access: bool = True) -> dict[str, Any]:
         else {"()": "service.logs.SafeTextFormatter", "fmt": TEXT_FORMAT}
     )
     stream = {"class": "logging.StreamHandler", "stream": "ext://sys.stderr"}
+    formatters: dict[str, Any] = {"default": formatter}
+    handlers: dict[str, Any] = {"default": {**stream, "formatter": "default"}}
     access_logger: dict[str, Any] = {"level": "NOTSET" if access else "WARNING"}
     if json:  # the same lines, from a formatter that knows their fields
+        formatters["access"] = {"()": "service.logs.AccessJsonFormatter"}
+        handlers["access"] = {**stream, "formatter": "access"}
         access_logger.update(handlers=["access"], propagate=False)
     return {
         "version": 1,
         "disable_existing_loggers": False,
-        "formatters": {
-            "default": formatter,
-            "access": {"()": "service.logs.AccessJsonFormatter"},
-        },
-        "handlers": {
-            "default": {**stream, "formatter": "default"},
-            "access": {**stream, "formatter": "access"},
-        },
+        "formatters": formatters,
+        "handlers": handlers,
         "loggers": {
             "": {"handlers": ["default"], "level": level.upper()},
             "uvicorn": {"handlers": [], "level": level.upper(), "propagate": True},

@@ -103,19 +103,20 @@ class ServiceApp(FastAPI):
         return ServerErrorMiddleware(app, handler=error_handler, debug=self.debug)
 
     def _hot_route(self, scope: Scope) -> DirectRoute | None:
+        """The inference route a POST is for, its match written into the scope as the
+        router would; None for any other path."""
         fixed, templated = self._hot_routes
         route = fixed.get(scope["path"])
         if route is not None:
             scope["endpoint"] = route.endpoint
-        else:
-            for candidate in templated:
-                match, child = candidate.matches(scope)
-                if match is Match.FULL:
-                    scope.update(child)
-                    route = candidate
-                    break
-        scope["route"] = route
-        return route
+            scope["route"] = route
+            return route
+        for candidate in templated:
+            match, child = candidate.matches(scope)  # sets "route" and the path parameters
+            if match is Match.FULL:
+                scope.update(child)
+                return candidate
+        return None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "POST" and not self.root_path:
