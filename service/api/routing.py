@@ -64,8 +64,8 @@ class DirectRoute(APIRoute):
 class ServiceApp(FastAPI):
     """FastAPI, whose inference routes (DirectRoute, POST) are served by a hot stack built
     from the same parts as FastAPI's: the app's error handlers and its middleware, in the
-    same order (module docstring). It took ~25 us off a small request (in-process ASGI
-    calls of the whole app, 32 x 10 v1 JSON: ~360 -> ~335 us)."""
+    same order (module docstring). It took ~25 us off a 32 x 10 request in process, part
+    of the 0.75x in docs/benchmarks.md, section (l)."""
 
     hot_stack: ASGIApp | None = None
 
