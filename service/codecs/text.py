@@ -153,6 +153,8 @@ def accepts(accept_header: str, media_type: str, default: str = "application/jso
     is malformed are ignored.
     """
     media_type, default = media_type.lower(), default.lower()
+    if media_type not in accept_header.lower():
+        return False  # never named: the default (most requests send */* or nothing)
     # how specifically a range names the default: exactly, its type's wildcard, */*
     specificity = {default: 2, f"{default.split('/', 1)[0]}/*": 1, "*/*": 0}
     named = 0.0
