@@ -21,6 +21,7 @@ from typing import Any
 from bench import servers
 from bench.http import BARE, payloads, wrk
 from service.api import stages
+from service.api.protocol import BODY_IN
 from service.app import create_app
 from service.settings import Settings
 
@@ -32,7 +33,7 @@ async def _call(app: Any, path: str, body: bytes, headers: dict[str, str]) -> No
         "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
         "scheme": "http", "path": path, "raw_path": path.encode(), "query_string": b"",
         "root_path": "", "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80),
-        "sce.body_in": True,  # as the connection marks a body it holds whole
+        BODY_IN: True,  # as the connection marks a body it holds whole
         "headers": [
             *((k.lower().encode(), v.encode()) for k, v in headers.items()),
             (b"content-length", str(len(body)).encode()), (b"host", b"bench"),
