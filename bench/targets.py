@@ -91,10 +91,10 @@ def json_row(repeat: int = 3) -> Row:
         floor = transport.json_floor(path, repeat)
         idle = servers.rss_kib(pid) * 1024
         url = f"http://127.0.0.1:{port}/v1/softmax_cross_entropy_with_logits"
-        seconds = tiny.curl(url, path, ["Content-Type: application/json"])
+        seconds = http.curl(url, path, ["Content-Type: application/json"])
         growth = (servers.rss_kib(pid, "VmHWM") * 1024 - idle) / len(body)
         for _ in range(repeat - 1):
-            seconds = min(seconds, tiny.curl(url, path, ["Content-Type: application/json"]))
+            seconds = min(seconds, http.curl(url, path, ["Content-Type: application/json"]))
     ratio = seconds / floor
     shape = " x ".join(map(str, json_decode.SHAPE))
     return _row(f"{len(body) / 2**20:.0f} MiB v1 JSON (2 tensors of {shape}), end to end",

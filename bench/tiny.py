@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import servers
-from bench.http import payloads, wrk
+from bench.http import curl, payloads, wrk
 from service.codecs import safetensors
 
 ENGINE_SCRIPT = """
@@ -120,15 +120,6 @@ def http_rates(trees: dict[str, Path], seconds: float, rounds: int) -> list[dict
         {"connections": c, "path": p, "tree": t, "rps": round(r)}
         for (c, p, t), r in sorted(best.items())
     ]
-
-
-def curl(url: str, path: Path, headers: list[str]) -> float:
-    """curl's own time for the exchange (not its start, nor its reading of the file)."""
-    command = ["curl", "-sS", "--fail", "-o", "/dev/null", "-w", "%{time_total}", url,
-               "--data-binary", f"@{path}"]  # fmt: skip
-    for header in headers:
-        command += ["-H", header]
-    return float(subprocess.run(command, check=True, capture_output=True, text=True).stdout)
 
 
 def _binary_request(

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import struct
-import subprocess
 import tempfile
 import time
 from pathlib import Path
@@ -21,6 +20,7 @@ import numpy as np
 import orjson
 
 from bench import servers
+from bench.http import curl
 
 INFER = "/v2/models/softmax_cross_entropy_with_logits/infer"
 FLOOR = "byte floor (bare FastAPI)"
@@ -66,16 +66,6 @@ def bodies(mib: float, tmp: Path) -> dict[str, tuple[Path, str, list[str]]]:
         ),
         "JSON": (tmp / "json", SOFT, ["Content-Type: application/json"]),
     }  # fmt: skip
-
-
-def curl(url: str, path: Path, headers: list[str]) -> float:
-    command = ["curl", "-sS", "--fail", "-o", "/dev/null", "-X", "POST", url,
-               "--data-binary", f"@{path}"]  # fmt: skip
-    for header in headers:
-        command += ["-H", header]
-    start = time.perf_counter()
-    subprocess.run(command, check=True)
-    return time.perf_counter() - start
 
 
 ENV = {"SCE_MAX_REQUEST_BYTES": str(2 << 30), "SCE_MAX_JSON_BYTES": str(2 << 30),

@@ -60,7 +60,9 @@ def main(argv: Sequence[str] | None = None) -> None:
         "port": settings.port,
         "workers": settings.workers,
         "log_level": settings.log_level,
-        "log_config": log_config(settings.log_level, settings.log_json, settings.access_log),
+        "log_config": log_config(
+            settings.log_level, settings.log_json, settings.access_log, settings.access_log_flush
+        ),
         "loop": settings.event_loop,
         # Header size and time limits, keep-alive and send timeouts (SCE_*): see protocol.py
         "http": ServiceHttpProtocol,

@@ -56,6 +56,7 @@ def create_app(
         finally:
             app.state.engine = None
             app.state.pool.close()
+            logs.flush_batches()  # the last requests' access lines
 
     app = ServiceApp(
         title="Softmax cross entropy service",

@@ -106,6 +106,10 @@ class Settings(BaseSettings):
     access_log: bool = True
     """One log line per request (at info); false drops them, for ~15% more small-request
     throughput where an ingress or mesh logs requests already."""
+    access_log_flush: float = Field(0.5, ge=0, le=60)
+    """Seconds an access line may wait to be written with others (nginx's `access_log
+    ... flush=`): one write per batch rather than per request; 0 writes each at once.
+    Error and other lines are always written at once."""
     cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
     """Origins allowed by CORS, comma-separated; empty (the default): CORS off."""
 

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 
 import httpx
@@ -68,6 +69,15 @@ def test_invalid_settings_fail_fast_with_a_message() -> None:
         start_server(env={**os.environ, "SCE_PROVIDERS": "tpu"}, timeout=30)
 
 
+def _access_lines(log: str, request_id: str | None = None) -> list[dict[str, object]]:
+    lines = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    return [
+        e
+        for e in lines
+        if e.get("logger") == "service.access" and request_id in (None, e.get("request_id"))
+    ]
+
+
 def test_access_logs_are_json_with_the_request_id() -> None:
     proc, url = start_server()
     try:
@@ -78,14 +88,15 @@ def test_access_logs_are_json_with_the_request_id() -> None:
             timeout=30,
         )
         assert response.headers["x-request-id"] == "trace-1234"
+        # Access lines are written in batches (SCE_ACCESS_LOG_FLUSH, 0.5 s): it comes while
+        # the server runs, not only when it stops.
+        deadline = time.monotonic() + 10
+        while not _access_lines(server_log(proc), "trace-1234"):
+            assert time.monotonic() < deadline, server_log(proc)[-3000:]
+            time.sleep(0.1)
     finally:
         stop_server(proc)
-    lines = [json.loads(line) for line in server_log(proc).splitlines() if line.startswith("{")]
-    access = [
-        e
-        for e in lines
-        if e.get("logger") == "service.access" and e.get("request_id") == "trace-1234"
-    ]
+    access = _access_lines(server_log(proc), "trace-1234")
     assert len(access) == 1
     assert (
         access[0]["status"] == 200 and access[0]["route"] == SOFT and access[0]["duration_ms"] > 0
@@ -107,3 +118,5 @@ def test_two_workers_share_one_metrics_view() -> None:
         if line.startswith("sce_http_requests_total{") and f'route="{SOFT}"' in line
     )
     assert total == 20
+    # Each worker wrote its batch of access lines when it stopped.
+    assert len([e for e in _access_lines(server_log(proc)) if e["route"] == SOFT]) == 20

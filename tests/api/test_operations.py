@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import logging.config
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +18,13 @@ from fastapi.testclient import TestClient
 from service.app import create_app
 from service.engine.engine import Engine
 from service.engine.sessions import cgroup_cpu_limit, usable_cpus
-from service.logs import ACCESS_FIELDS, AccessJsonFormatter, SafeJsonFormatter, log_config
+from service.logs import (
+    ACCESS_FIELDS,
+    AccessJsonFormatter,
+    BatchedStreamHandler,
+    SafeJsonFormatter,
+    log_config,
+)
 from service.settings import Settings
 
 SOFT = "/v1/softmax_cross_entropy_with_logits"
@@ -209,6 +217,46 @@ def test_access_log_setting_turns_only_the_access_lines_off() -> None:
         root.setLevel(saved[1])
         root.handlers[:] = saved[2]
         access.handlers[:], access.propagate = saved[3], saved[4]
+
+
+def _record(message: str) -> logging.LogRecord:
+    return logging.makeLogRecord({"msg": message, "levelno": logging.INFO})
+
+
+def test_batched_lines_wait_for_the_interval_the_size_or_the_flush() -> None:
+    stream = io.StringIO()
+    handler = BatchedStreamHandler(stream, interval=0.3)
+    try:
+        for k in range(3):
+            handler.handle(_record(f"line {k}"))
+        assert stream.getvalue() == ""  # batched, not written one by one
+        deadline = time.monotonic() + 5
+        while not stream.getvalue():
+            assert time.monotonic() < deadline, "the batch was not written after its interval"
+            time.sleep(0.05)
+        assert stream.getvalue() == "line 0\nline 1\nline 2\n"
+        long = "x" * (BatchedStreamHandler.BATCH_BYTES // 2)
+        handler.handle(_record(long))
+        handler.handle(_record(long))  # the batch is full: written at once
+        assert stream.getvalue().endswith(f"{long}\n{long}\n")
+        handler.handle(_record("last"))
+        handler.flush()  # as logging.shutdown does at exit
+        assert stream.getvalue().endswith("last\n")
+    finally:
+        handler.close()
+
+
+def test_the_access_flush_setting_picks_the_access_handler() -> None:
+    for json in (True, False):
+        batched = log_config("info", json, access_flush=0.5)
+        assert batched["handlers"]["access"]["class"] == "service.logs.BatchedStreamHandler"
+        assert batched["handlers"]["access"]["interval"] == 0.5
+        assert batched["loggers"]["service.access"]["handlers"] == ["access"]
+        assert batched["handlers"]["default"]["class"] == "logging.StreamHandler"
+        each = log_config("info", json, access_flush=0)
+        assert each["handlers"].get("access", {}).get("class", "logging.StreamHandler") == (
+            "logging.StreamHandler"
+        )
 
 
 @pytest.mark.parametrize("path", ["/v1/x", "/v1/x\udcff"], ids=["plain", "lone-surrogate"])
