@@ -4,6 +4,7 @@ header size and time limits, idle and keep-alive closes, h2c offers, clients tha
 
 from __future__ import annotations
 
+import contextlib
 import json
 import select
 import shutil
@@ -261,6 +262,66 @@ def test_an_h2c_upgrade_offer_is_served_as_http_1_1(server: Server) -> None:
         sock.sendall(chunked)
         status, _, body = read_response(sock)
         assert status == 200, body
+
+
+def _soft_loss(labels: list[float], logits: list[float]) -> bytes:
+    body = json.dumps({"labels": labels, "logits": logits}).encode()
+    return (
+        b"POST " + SOFT.encode() + b" HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body) + body
+    )
+
+
+def test_bodies_of_known_length_end_where_the_next_request_begins(server: Server) -> None:
+    """Bodies with a Content-Length go to the request past the parser, which is renewed
+    for each head (protocol._body_past_parser): pipelined requests, bodies cut anywhere,
+    a body longer than it said, and the parser's own ways (chunked, 100-continue)."""
+    first, second = _soft_loss([0.0, 1.0], [0.0, 0.0]), _soft_loss([1.0, 0.0], [2.0, 0.0])
+    losses = [np.log(2), np.log1p(np.exp(-2.0))]
+    with server.connect() as sock:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.sendall(first + second + LIVE + first)  # in one write
+        answers = [read_response(sock) for _ in range(4)]
+        assert [a[0] for a in answers] == [200, 200, 200, 200]
+        loss = [json.loads(answers[k][2])["loss"]["data"] for k in (0, 1, 3)]
+        assert loss == pytest.approx([losses[0], losses[1], losses[0]])
+        both = first + second
+        for cut in range(len(first) - 8, len(first) + 8):  # around the first body's end
+            sock.sendall(both[:cut])
+            time.sleep(0.02)
+            sock.sendall(both[cut:])
+            statuses = [read_response(sock) for _ in range(2)]
+            assert [json.loads(b)["loss"]["data"] for _, _, b in statuses] == pytest.approx(losses)
+        sock.sendall(first[:-1])  # one byte short: the request waits for it
+        sock.settimeout(0.3)
+        with pytest.raises(TimeoutError):
+            sock.recv(1)
+        sock.settimeout(10)
+        sock.sendall(first[-1:])
+        assert read_response(sock)[0] == 200
+        continued = first.replace(b"Content-Length", b"Expect: 100-continue\r\nContent-Length")
+        head, _, body = continued.partition(b"\r\n\r\n")
+        sock.sendall(head + b"\r\n\r\n")
+        assert sock.recv(64).startswith(b"HTTP/1.1 100 Continue\r\n\r\n")
+        sock.sendall(body)
+        assert read_response(sock)[0] == 200
+    with server.connect() as sock:
+        sock.sendall(first + b"}junk\r\n\r\n")  # the body is longer than it said
+        statuses = set()
+        with contextlib.suppress(ConnectionError):
+            for _ in range(2):
+                statuses.add(read_response(sock)[0])
+        assert 400 in statuses  # what follows the body is read as a head: not one
+        assert closed_by_server(sock, 5) is not None
+    with server.connect() as sock:
+        chunked = (
+            b"POST " + SOFT.encode() + b" HTTP/1.1\r\nHost: t\r\n"
+            b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"10\r\n" + b'{"labels": [0.0,' + b"\r\n"
+            b"1c\r\n" + b' 1.0], "logits": [0.0, 0.0]}' + b"\r\n0\r\n\r\n"
+        )
+        sock.sendall(chunked + first)
+        assert [read_response(sock)[0] for _ in range(2)] == [200, 200]
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")

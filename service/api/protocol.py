@@ -22,6 +22,9 @@ Per connection it adds:
 - upgrade offers other than WebSocket (`Upgrade: h2c` from `curl --http2`) are ignored
   and the request is served as HTTP/1.1 with its body, as RFC 9110 7.8 allows (llhttp
   stops at such a head and uvicorn lost the body: a 400).
+
+And it reads a body whose length is known without the parser (`_body_past_parser`): the
+chunks go to the request as the socket gave them, and a fresh parser reads the next head.
 """
 
 from __future__ import annotations
@@ -86,6 +89,14 @@ class ConnectionLimits:
 def limits_from_environment() -> ConnectionLimits:
     """Read once per worker process, from the SCE_* variables the app reads too."""
     return ConnectionLimits.from_settings(Settings())
+
+
+def _request_parser(protocol: HttpToolsProtocol) -> httptools.HttpRequestParser:
+    """A parser as uvicorn makes one for each connection."""
+    parser = httptools.HttpRequestParser(protocol)
+    with contextlib.suppress(AttributeError):  # httptools < 0.6.3
+        parser.set_dangerous_leniencies(lenient_data_after_close=True)
+    return parser
 
 
 def _has_pending_input(transport: asyncio.Transport) -> bool:
@@ -177,6 +188,13 @@ class ServiceHttpProtocol(HttpToolsProtocol):
                     self._start_header_timer()
                 end = self._head_end(data, start)
                 self.head_bytes += end - start
+            elif self.body_left and self._body_past_parser():
+                end = min(end, start + self.body_left)
+                self.on_body(data if end - start == len(data) else data[start:end])
+                start = end
+                if not self.body_left:
+                    self._end_body_past_parser()
+                continue
             elif self.body_left is not None:  # stop where a pipelined request begins
                 end = min(end, start + max(self.body_left, 1))
             try:
@@ -201,6 +219,20 @@ class ServiceHttpProtocol(HttpToolsProtocol):
                     "(SCE_MAX_HEADER_BYTES)",
                 )
                 return
+
+    def _body_past_parser(self) -> bool:
+        """Whether a body of known length goes to on_body as it came, past the parser:
+        llhttp only counts its bytes, and httptools hands each chunk on as a new copy.
+        Past the parser, a 256 MiB upload took 0.24 s rather than 0.34 s (median of 12,
+        docs/benchmarks.md). Not for an upgrade offer (the parser stops at its head) nor
+        for a made-up head's body (_ignore_upgrade)."""
+        return not self.swallow_head and not self.parser.should_upgrade()
+
+    def _end_body_past_parser(self) -> None:
+        """The body has come: the request is complete, and a fresh parser (this one still
+        waits for the body) reads the next request's head."""
+        self.on_message_complete()
+        self.parser = _request_parser(self)
 
     def _head_end(self, data: bytes, start: int) -> int:
         """Where to stop feeding a head: after its blank line if it is in `data`, else at
