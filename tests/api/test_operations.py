@@ -101,7 +101,8 @@ def test_metrics_show_histograms_after_a_request(client: TestClient) -> None:
 def test_unmatched_routes_do_not_explode_label_cardinality(client: TestClient) -> None:
     client.get("/no/such/path/12345")
     text = client.get("/metrics").text
-    assert "12345" not in text and 'route="unmatched"' in text
+    # the path is in no label (a bare "12345" can be digits of a float, such as a time)
+    assert "/no/such" not in text and 'route="unmatched"' in text
 
 
 def test_request_id_is_honoured_or_generated(client: TestClient) -> None:
