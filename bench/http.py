@@ -27,6 +27,7 @@ wrk.body = io.open("{body}", "rb"):read("*a")
 
 
 QUIET = "v1 JSON, SCE_ACCESS_LOG=false"
+EACH_LINE = "v1 JSON, SCE_ACCESS_LOG_FLUSH=0"
 UVLOOP = "v1 JSON, SCE_LOOP=uvloop"
 BARE = "bare FastAPI parse"  # the floor of small requests: parses the same JSON, answers
 
@@ -117,21 +118,22 @@ def wrk(
 def small_requests(seconds: float) -> list[dict[str, object]]:
     """Every path at each concurrency, interleaved, next to the bare endpoints (on the
     loop the service's one worker runs on); v1 JSON also without access log lines (the
-    bare endpoints write none), and on uvloop."""
+    bare endpoints write none), with each line written at once, and on uvloop."""
     rows = []
     sport, bport = servers.free_port(), servers.free_port()
-    ports = {QUIET: servers.free_port(), UVLOOP: servers.free_port()}
+    variants = {QUIET: {"SCE_ACCESS_LOG": "false"}, EACH_LINE: {"SCE_ACCESS_LOG_FLUSH": "0"},
+                UVLOOP: {"SCE_LOOP": "uvloop"}}  # fmt: skip
+    ports = {name: servers.free_port() for name in variants}
     paths = payloads()
     bare = {name: paths.pop(name) for name in ("bare FastAPI echo", BARE)}
-    paths[QUIET] = paths[UVLOOP] = paths["v1 JSON"]
+    paths.update(dict.fromkeys(variants, paths["v1 JSON"]))
     paths.update(bare)
     ports.update(dict.fromkeys(bare, bport))
-    with (
-        servers.running(*servers.service(sport)),
-        servers.running(*servers.service(ports[QUIET], SCE_ACCESS_LOG="false")),
-        servers.running(*servers.service(ports[UVLOOP], SCE_LOOP="uvloop")),
-        servers.running(*servers.bare(bport)),
-    ):
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(servers.running(*servers.service(sport)))
+        for name, env in variants.items():
+            stack.enter_context(servers.running(*servers.service(ports[name], **env)))
+        stack.enter_context(servers.running(*servers.bare(bport)))
         for concurrency in (1, 8, 64):
             for name, (path, body, headers) in paths.items():  # interleaved per level
                 port = ports.get(name, sport)

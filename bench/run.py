@@ -201,7 +201,7 @@ def measure(quick: bool) -> dict[str, Any]:
         "payloads": (  # the targets' 256 MiB v2 binary row is read from these
             transport.measure([0.5, 8, targets.BIG_MIB], 2, json_up_to=8)
             if quick
-            else transport.measure([0.5, 2, 8, 32, targets.BIG_MIB], 3)
+            else transport.measure([0.5, 2, 8, 32, targets.BIG_MIB], 5)
         ),
         "big_json": json_decode.measure(),
         "resources": pressure.run(quick),

@@ -164,7 +164,7 @@ def main() -> None:
     figures = {
         "small": http.small_requests(args.seconds),
         "peers": http.peers(args.seconds),
-        "payloads": transport.measure([BIG_MIB], 3),
+        "payloads": transport.measure([BIG_MIB], 5),
         "workers": http.workers(args.seconds),
     }
     table = rows(figures, args.seconds)

@@ -9,6 +9,8 @@ c45ac14`), side by side in one run:
   `--rounds`;
 * large answers: 1024 x 32000 FP32 in, loss + grad_logits back (131 MiB), as
   safetensors and as v2 binary, with curl, best of 7;
+* large bodies: 256 MiB of v2 binary tensors in, loss back, with curl, median and best
+  of 12;
 * with `--loops`, this tree only, one worker on each event loop: p50 and p99 of small
   v1 JSON requests at 64 connections (wrk), and a 256 MiB v2 binary body (curl, best
   of 7).
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -173,6 +176,28 @@ def answer_times(
     return best
 
 
+def upload_times(
+    trees: dict[str, Path], rows: int = 32768, classes: int = 1024, rounds: int = 12
+) -> dict[str, dict[str, float]]:
+    """A 256 MiB v2 binary body (two 128 MiB tensors), loss back, by curl to each tree,
+    interleaved: the median and the best of `rounds` seconds."""
+    labels, logits, header = _binary_request(rows, classes, ["loss"])
+    specs = {name: (tree, BIG_BODIES) for name, tree in trees.items()}
+    times: dict[str, list[float]] = {name: [] for name in trees}
+    infer = "/v2/models/softmax_cross_entropy_with_logits/infer"
+    headers = [f"Inference-Header-Content-Length: {len(header)}"]
+    with _servers(specs) as ports, tempfile.TemporaryDirectory() as tmp:
+        big = Path(tmp) / "big"
+        big.write_bytes(header + labels.tobytes() + logits.tobytes())
+        for _ in range(rounds):
+            for name, port in ports.items():
+                times[name].append(curl(f"http://127.0.0.1:{port}{infer}", big, headers))
+    return {
+        name: {"median": statistics.median(seconds), "best": min(seconds)}
+        for name, seconds in times.items()
+    }
+
+
 def loops(seconds: float, rows: int = 32768, classes: int = 1024) -> dict[str, dict[str, float]]:
     path, body, headers = payloads()["v1 JSON"]
     labels, logits, header = _binary_request(rows, classes, ["loss"])
@@ -218,6 +243,7 @@ def main() -> None:
         "engine_us": engine_times(trees),
         "http": http_rates(trees, args.seconds, args.rounds),
         "answers_s": answer_times(trees),
+        "uploads_s": upload_times(trees),
     }
     print(json.dumps(report, indent=1))
 
