@@ -151,9 +151,9 @@ def lean_records() -> None:
 class BatchedStreamHandler(logging.StreamHandler[IO[str]]):
     """A StreamHandler that writes its lines in batches, as nginx's `access_log ...
     buffer= flush=` does: once BATCH_BYTES have gathered, `interval` seconds after the
-    first line of a batch (a background thread), and at shutdown. An access line written
-    on its own (a write and a flush) cost a small request ~20 us of CPU under load here
-    (docs/benchmarks.md), where a batch of a few hundred lines costs one write.
+    first line of a batch (a background thread), and at shutdown: one write a batch of a
+    few hundred lines rather than one a request (~6 us of server CPU a small request under
+    wrk here, 442 against 448 us: docs/benchmarks.md, section (m)).
 
     The app's lifespan flushes the batches when it ends (`flush_batches`): uvicorn ends
     on SIGTERM by raising the signal again, which skips exit handlers (logging.shutdown).
@@ -167,8 +167,12 @@ class BatchedStreamHandler(logging.StreamHandler[IO[str]]):
         self.interval = interval
         self._lines: list[str] = []
         self._bytes = 0
-        self._due = threading.Event()  # set by the first line of a batch
-        threading.Thread(target=self._flush_after_interval, name="log-batches", daemon=True).start()
+        self._due = threading.Event()  # set by the first line of a batch, and by close
+        self._closed = False
+        self.flusher = threading.Thread(
+            target=self._flush_after_interval, name="log-batches", daemon=True
+        )
+        self.flusher.start()
         self._every.add(self)
 
     def emit(self, record: logging.LogRecord) -> None:
@@ -199,11 +203,18 @@ class BatchedStreamHandler(logging.StreamHandler[IO[str]]):
             self.stream.write(text)
             self.stream.flush()
 
+    def close(self) -> None:
+        self.flush()
+        self._closed = True
+        self._due.set()  # the thread ends
+        super().close()
+
     def _flush_after_interval(self) -> None:
-        while True:
+        while not self._closed:
             self._due.wait()
             self._due.clear()
-            time.sleep(self.interval)
+            if not self._closed:
+                time.sleep(self.interval)
             with contextlib.suppress(OSError, ValueError):  # a closed stream: as at shutdown
                 self.flush()
 

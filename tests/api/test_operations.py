@@ -243,8 +243,12 @@ def test_batched_lines_wait_for_the_interval_the_size_or_the_flush() -> None:
         handler.handle(_record("last"))
         handler.flush()  # as logging.shutdown does at exit
         assert stream.getvalue().endswith("last\n")
+        handler.handle(_record("at close"))
     finally:
         handler.close()
+    assert stream.getvalue().endswith("at close\n")
+    handler.flusher.join(timeout=5)
+    assert not handler.flusher.is_alive()  # closing ends the handler's thread
 
 
 def test_the_access_flush_setting_picks_the_access_handler() -> None:
