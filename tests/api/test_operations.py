@@ -247,8 +247,10 @@ def test_batched_lines_wait_for_the_interval_the_size_or_the_flush() -> None:
     finally:
         handler.close()
     assert stream.getvalue().endswith("at close\n")
-    handler.flusher.join(timeout=5)
-    assert not handler.flusher.is_alive()  # closing ends the handler's thread
+    idle = BatchedStreamHandler(io.StringIO(), interval=0.3)
+    idle.close()
+    idle.flusher.join(timeout=5)
+    assert not idle.flusher.is_alive()  # closing ends the thread, even with no batch due
 
 
 def test_the_access_flush_setting_picks_the_access_handler() -> None:
