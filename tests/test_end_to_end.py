@@ -103,6 +103,21 @@ def test_access_logs_are_json_with_the_request_id() -> None:
     )
 
 
+def test_text_logs_carry_the_access_lines_too() -> None:
+    """SCE_LOG_JSON=false: access lines are text, batched like the JSON ones, and all
+    written by the time the server has stopped."""
+    proc, url = start_server(env={"SCE_LOG_JSON": "false"})
+    try:
+        with httpx.Client(base_url=url, timeout=30) as http:
+            for _ in range(3):
+                assert http.post(SOFT, json={"labels": [1.0], "logits": [0.0]}).status_code == 200
+    finally:
+        stop_server(proc)
+    lines = [line for line in server_log(proc).splitlines() if " service.access POST " in line]
+    assert len(lines) == 3, server_log(proc)[-2000:]
+    assert all(line.endswith(f"POST {SOFT} 200") for line in lines)
+
+
 def test_two_workers_share_one_metrics_view() -> None:
     proc, url = start_server(env={"SCE_WORKERS": "2"}, timeout=120)
     try:
