@@ -12,10 +12,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import itertools
-import os
 import statistics
 import time
-from pathlib import Path
 from typing import Any
 
 from bench import servers
@@ -86,11 +84,6 @@ def in_process(name: str, calls: int) -> dict[str, float]:
     return result
 
 
-def _cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def cpu_per_request(seconds: float) -> dict[str, dict[str, float]]:
     """The server process's CPU microseconds per request under wrk (8 connections)."""
     out = {}
@@ -101,9 +94,9 @@ def cpu_per_request(seconds: float) -> dict[str, dict[str, float]]:
         with servers.running(*spec) as pid:
             url = f"http://127.0.0.1:{port}{path}"
             wrk(url, body, headers, 8, 2)  # warm
-            before = _cpu_seconds(pid)
+            before = servers.cpu_seconds(pid)
             rps = wrk(url, body, headers, 8, seconds)["rps"]
-            used = _cpu_seconds(pid) - before
+            used = servers.cpu_seconds(pid) - before
         out[name] = {"req/s": rps, "cpu us/request": used / (rps * seconds) * 1e6}
     return out
 

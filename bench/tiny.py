@@ -11,12 +11,16 @@ c45ac14`), side by side in one run:
   safetensors and as v2 binary, with curl, best of 7;
 * large bodies: 256 MiB of v2 binary tensors in, loss back, with curl, median and best
   of 12;
+* with `--cpu`, this tree (and `--base`, and this tree with each `--setting`): small
+  v1 JSON requests at 1 and 8 connections (wrk), the medians over `--rounds` of req/s
+  and of the server process's CPU time a request;
 * with `--loops`, this tree only, one worker on each event loop: p50 and p99 of small
   v1 JSON requests at 64 connections (wrk), and a 256 MiB v2 binary body (curl, best
   of 7).
 
     python -m bench.tiny --base /tmp/base [--seconds 3 --rounds 2]
     python -m bench.tiny --loops
+    python -m bench.tiny --cpu [--base /tmp/base] [--setting SCE_ACCESS_LOG=false ...]
 """
 
 from __future__ import annotations
@@ -90,9 +94,11 @@ BIG_BODIES = {"SCE_MAX_REQUEST_BYTES": str(1 << 30)}
 
 
 @contextlib.contextmanager
-def _servers(specs: dict[str, tuple[Path, dict[str, str]]]) -> Iterator[dict[str, int]]:
+def _servers(
+    specs: dict[str, tuple[Path, dict[str, str]]], pids: dict[str, int] | None = None
+) -> Iterator[dict[str, int]]:
     """One server per name, from its tree with its environment, all up at once (one
-    worker, access log on, as by default); yields their ports."""
+    worker, access log on, as by default); yields their ports, and fills `pids`."""
     ports = {name: servers.free_port() for name in specs}
     root = servers.ROOT
     with contextlib.ExitStack() as stack:
@@ -100,7 +106,9 @@ def _servers(specs: dict[str, tuple[Path, dict[str, str]]]) -> Iterator[dict[str
             for name, (tree, env) in specs.items():
                 servers.ROOT = tree  # the server's working directory: `-m service` imports it
                 command, ready, base = servers.service(ports[name])
-                stack.enter_context(servers.running(command, ready, {**base, **env}))
+                pid = stack.enter_context(servers.running(command, ready, {**base, **env}))
+                if pids is not None:
+                    pids[name] = pid
         finally:
             servers.ROOT = root
         yield ports
@@ -226,18 +234,59 @@ def loops(seconds: float, rows: int = 32768, classes: int = 1024) -> dict[str, d
     return result
 
 
+def cpu_rates(
+    specs: dict[str, tuple[Path, dict[str, str]]], seconds: float, rounds: int
+) -> list[dict[str, object]]:
+    """v1 JSON 32 x 10 at 1 and 8 connections (wrk), contenders interleaved: the medians
+    over `rounds` of req/s and of the server's CPU time a request (user + system)."""
+    path, body, headers = payloads()["v1 JSON"]
+    runs: dict[tuple[int, str], list[tuple[float, float]]] = {}
+    pids: dict[str, int] = {}
+    with _servers(specs, pids) as ports:
+        for round_ in range(rounds):
+            for connections in (1, 8):
+                for name in specs:
+                    url = f"http://127.0.0.1:{ports[name]}{path}"
+                    if round_ == 0:
+                        wrk(url, body, headers, connections, 1)  # warm
+                    before = servers.cpu_seconds(pids[name])
+                    rps = wrk(url, body, headers, connections, seconds)["rps"]
+                    used = servers.cpu_seconds(pids[name]) - before
+                    runs.setdefault((connections, name), []).append((rps, used / (rps * seconds)))
+    return [
+        {"connections": c, "contender": name,
+         "rps": round(statistics.median(r for r, _ in values)),
+         "cpu_us": round(statistics.median(u for _, u in values) * 1e6)}
+        for (c, name), values in runs.items()
+    ]  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--base", type=Path)
     parser.add_argument("--loops", action="store_true")
+    parser.add_argument("--cpu", action="store_true", help="req/s and server CPU a request")
+    parser.add_argument(
+        "--setting", action="append", default=[], metavar="SCE_X=value",
+        help="with --cpu: this tree with this setting too (repeatable)",
+    )  # fmt: skip
     parser.add_argument("--seconds", type=float, default=3)
     parser.add_argument("--rounds", type=int, default=2)
     args = parser.parse_args()
     if args.loops:
         print(json.dumps(loops(args.seconds), indent=1))
         return
+    if args.cpu:
+        specs = {"after": (servers.ROOT, {})}
+        if args.base is not None:
+            specs["before"] = (args.base.resolve(), {})
+        for setting in args.setting:
+            key, _, value = setting.partition("=")
+            specs[f"after, {setting}"] = (servers.ROOT, {key: value})
+        print(json.dumps(cpu_rates(specs, args.seconds, args.rounds), indent=1))
+        return
     if args.base is None:
-        parser.error("--base is needed (or --loops)")
+        parser.error("--base is needed (or --loops, or --cpu)")
     trees = {"before": args.base.resolve(), "after": servers.ROOT}
     report = {
         "engine_us": engine_times(trees),

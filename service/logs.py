@@ -110,25 +110,30 @@ class AccessJsonFormatter(logging.Formatter):
         self._stamp = ""
 
     def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
-        second = int(record.created)
-        if second != self._second:  # strftime once a second
-            self._stamp = time.strftime(self.default_time_format, self.converter(second))
-            self._second = second
-        return f"{self._stamp},{int(record.msecs):03d}"
+        return self.stamp(record.created)
 
     def format(self, record: logging.LogRecord) -> str:
-        line = {
-            "time": self.formatTime(record),
-            "level": record.levelname,
-            "logger": record.name,
-            "message": record.getMessage(),
-        }
         values = record.__dict__
-        line.update((k, values[k]) for k in ACCESS_FIELDS if k in values)
+        fields = {k: values[k] for k in ACCESS_FIELDS if k in values}
+        return self.line(self.formatTime(record), record.levelname, record.name,
+                         record.getMessage(), fields)  # fmt: skip
+
+    def line(self, stamp: str, level: str, name: str, message: str, fields: dict[str, Any]) -> str:
+        """The JSON line of an access record from its parts (`format`, `access_line`)."""
+        document = {"time": stamp, "level": level, "logger": name, "message": message, **fields}
         try:
-            return orjson.dumps(line).decode()
+            return orjson.dumps(document).decode()
         except TypeError:  # a lone surrogate in the path: escaped, as SafeJsonFormatter does
-            return orjson.dumps(_escaped(line), default=str).decode()
+            return orjson.dumps(_escaped(document), default=str).decode()
+
+    def stamp(self, created: float) -> str:
+        """The time of a record created at `created` (time.time()), as formatTime writes
+        it: strftime once a second."""
+        second = int(created)
+        if second != self._second:
+            self._stamp = time.strftime(self.default_time_format, self.converter(second))
+            self._second = second
+        return f"{self._stamp},{int((created - second) * 1000):03d}"
 
 
 class SafeTextFormatter(logging.Formatter):
@@ -152,8 +157,9 @@ class BatchedStreamHandler(logging.StreamHandler[IO[str]]):
     """A StreamHandler that writes its lines in batches, as nginx's `access_log ...
     buffer= flush=` does: once BATCH_BYTES have gathered, `interval` seconds after the
     first line of a batch (a background thread), and at shutdown: one write a batch of a
-    few hundred lines rather than one a request (~6 us of server CPU a small request under
-    wrk here, 442 against 448 us: docs/benchmarks.md, section (m)).
+    few hundred lines rather than one a request. On its own that was within this
+    machine's noise (docs/benchmarks.md, section (m)); `access_line` adds its lines here
+    past the logging module, which is what cut an access line's cost.
 
     The app's lifespan flushes the batches when it ends (`flush_batches`): uvicorn ends
     on SIGTERM by raising the signal again, which skips exit handlers (logging.shutdown).
@@ -176,17 +182,25 @@ class BatchedStreamHandler(logging.StreamHandler[IO[str]]):
         self._every.add(self)
 
     def emit(self, record: logging.LogRecord) -> None:
-        """Called with the handler's lock held (Handler.handle)."""
         try:
-            line = self.format(record) + self.terminator
+            self.write_line(self.format(record))
+        except Exception:  # as StreamHandler.emit: reported on stderr, the caller goes on
+            self.handleError(record)
+
+    def write_line(self, line: str) -> None:
+        """Add a formatted line to the batch (`access_line` calls it past the logging
+        module; `emit` holds the lock already, which is reentrant)."""
+        self.acquire()
+        try:
             if not self._lines:
                 self._due.set()
+            line += self.terminator
             self._lines.append(line)
             self._bytes += len(line)
             if self._bytes >= self.BATCH_BYTES:
                 self._write()
-        except Exception:  # as StreamHandler.emit: reported on stderr, the caller goes on
-            self.handleError(record)
+        finally:
+            self.release()
 
     def flush(self) -> None:
         self.acquire()
@@ -224,3 +238,24 @@ def flush_batches() -> None:
     for handler in list(BatchedStreamHandler._every):
         with contextlib.suppress(OSError, ValueError):
             handler.flush()
+
+
+def access_line(logger: logging.Logger, message: str, fields: dict[str, Any]) -> None:
+    """One access line at info. With the service's own configuration (one batched handler
+    with the access formatter, no filters, not propagated) it is formatted and batched
+    directly: the logging module's record, handler walk and locks cost more than the
+    line itself. Any other configuration gets `logger.info`."""
+    handlers = logger.handlers
+    if len(handlers) == 1 and not logger.propagate and not logger.filters:
+        handler = handlers[0]
+        formatter = handler.formatter
+        if (
+            type(handler) is BatchedStreamHandler
+            and type(formatter) is AccessJsonFormatter
+            and not handler.filters
+            and handler.level <= logging.INFO
+        ):
+            stamp = formatter.stamp(time.time())
+            handler.write_line(formatter.line(stamp, "INFO", logger.name, message, fields))
+            return
+    logger.info("%s", message, extra=fields)

@@ -104,7 +104,7 @@ class Settings(BaseSettings):
     log_json: bool = True
     """Structured JSON logs (one object per line); false for plain text."""
     access_log: bool = True
-    """One log line per request (at info); false drops them, for ~15% more small-request
+    """One log line per request (at info); false drops them, for ~10% more small-request
     throughput where an ingress or mesh logs requests already."""
     access_log_flush: float = Field(0.5, ge=0, le=60)
     """Seconds an access line may wait to be written with others (nginx's `access_log

@@ -27,6 +27,8 @@ from prometheus_client import (
 )
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service import logs
+
 access_log = logging.getLogger("service.access")
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
@@ -146,12 +148,10 @@ class ObservabilityMiddleware:
             bytes_in.observe(state["in"])
             bytes_out.observe(state["out"])
             if access_log.isEnabledFor(logging.INFO):  # skip building the line
-                access_log.info(
-                    "%s %s %s",
-                    method,
-                    scope["path"],
-                    status,
-                    extra={
+                logs.access_line(
+                    access_log,
+                    f"{method} {scope['path']} {status}",
+                    {
                         "request_id": request_id,
                         "method": method,
                         "path": scope["path"],

@@ -15,6 +15,7 @@ import orjson
 import pytest
 from fastapi.testclient import TestClient
 
+from service import logs
 from service.app import create_app
 from service.engine.engine import Engine
 from service.engine.sessions import cgroup_cpu_limit, usable_cpus
@@ -279,3 +280,32 @@ def test_access_lines_are_what_the_general_json_formatter_writes(path: str) -> N
     line = AccessJsonFormatter().format(record)
     assert line == general.format(record)
     assert list(orjson.loads(line))[4:] == list(ACCESS_FIELDS)
+
+
+@pytest.mark.parametrize("path", ["/v1/x", "/v1/x\udcff"], ids=["plain", "lone-surrogate"])
+def test_access_lines_past_the_logging_module_are_the_logging_modules_lines(
+    path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """logs.access_line writes, for the service's own configuration, the very line that
+    the logging module would; with a filter anywhere it goes through the module."""
+    monkeypatch.setattr(time, "time", lambda: 1764170000.0421)  # the same time both ways
+    logger = logging.getLogger("test.access_line")
+    stream = io.StringIO()
+    handler = BatchedStreamHandler(stream, interval=60)
+    handler.setFormatter(AccessJsonFormatter())
+    logger.handlers[:], logger.propagate, logger.level = [handler], False, logging.INFO
+    fields = {name: f"{name}-value" for name in ACCESS_FIELDS} | {"path": path, "status": 404}
+    try:
+        logs.access_line(logger, f"GET {path} 404", fields)  # past the module
+        logger.info("%s", f"GET {path} 404", extra=fields)  # through it
+        handler.flush()
+        direct, through = stream.getvalue().splitlines()
+        assert direct == through
+        assert orjson.loads(direct)["time"].endswith(",042")
+        logger.addFilter(lambda record: False)  # a configuration that is not the service's
+        logs.access_line(logger, "GET /dropped 404", fields)
+        handler.flush()
+        assert "/dropped" not in stream.getvalue()
+    finally:
+        logger.handlers[:], logger.filters[:] = [], []
+        handler.close()
