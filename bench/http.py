@@ -115,6 +115,16 @@ def wrk(
     return {"rps": rps, "p50": ms("50"), "p99": ms("99")}
 
 
+def wrk_cpu(
+    url: str, body: bytes, headers: dict[str, str], connections: int, seconds: float, pid: int
+) -> tuple[float, float]:
+    """Requests/s of one wrk run, and the CPU seconds (user + system) the server process
+    `pid` spent a request in it."""
+    before = servers.cpu_seconds(pid)
+    rps = wrk(url, body, headers, connections, seconds)["rps"]
+    return rps, (servers.cpu_seconds(pid) - before) / (rps * seconds)
+
+
 def small_requests(seconds: float) -> list[dict[str, object]]:
     """Every path at each concurrency, interleaved, next to the bare endpoints (on the
     loop the service's one worker runs on); v1 JSON also without access log lines (the

@@ -17,7 +17,7 @@ import time
 from typing import Any
 
 from bench import servers
-from bench.http import BARE, payloads, wrk
+from bench.http import BARE, payloads, wrk, wrk_cpu
 from service.api import stages
 from service.api.protocol import BODY_IN
 from service.app import create_app
@@ -94,10 +94,8 @@ def cpu_per_request(seconds: float) -> dict[str, dict[str, float]]:
         with servers.running(*spec) as pid:
             url = f"http://127.0.0.1:{port}{path}"
             wrk(url, body, headers, 8, 2)  # warm
-            before = servers.cpu_seconds(pid)
-            rps = wrk(url, body, headers, 8, seconds)["rps"]
-            used = servers.cpu_seconds(pid) - before
-        out[name] = {"req/s": rps, "cpu us/request": used / (rps * seconds) * 1e6}
+            rps, cpu = wrk_cpu(url, body, headers, 8, seconds, pid)
+        out[name] = {"req/s": rps, "cpu us/request": cpu * 1e6}
     return out
 
 

@@ -38,7 +38,8 @@ from pathlib import Path
 import numpy as np
 
 from bench import servers
-from bench.http import curl, payloads, wrk
+from bench.http import curl, payloads, wrk, wrk_cpu
+from bench.transport import INFER
 from service.codecs import safetensors
 
 ENGINE_SCRIPT = """
@@ -164,7 +165,7 @@ def answer_times(
             ["Content-Type: application/x-safetensors", "Accept: application/x-safetensors"],
         ),
         "v2 binary": (
-            "/v2/models/softmax_cross_entropy_with_logits/infer",
+            INFER,
             header + labels.tobytes() + logits.tobytes(),
             [f"Inference-Header-Content-Length: {len(header)}"],
         ),
@@ -184,52 +185,48 @@ def answer_times(
     return best
 
 
-def upload_times(
-    trees: dict[str, Path], rows: int = 32768, classes: int = 1024, rounds: int = 12
-) -> dict[str, dict[str, float]]:
+def _upload(directory: Path, rows: int = 32768, classes: int = 1024) -> tuple[Path, list[str]]:
+    """A v2 binary request of two rows x classes FP32 tensors (256 MiB by default), loss
+    back, written to a file for curl; and its headers."""
+    labels, logits, header = _binary_request(rows, classes, ["loss"])
+    path = directory / "upload"
+    path.write_bytes(header + labels.tobytes() + logits.tobytes())
+    return path, [f"Inference-Header-Content-Length: {len(header)}"]
+
+
+def upload_times(trees: dict[str, Path], rounds: int = 12) -> dict[str, dict[str, float]]:
     """A 256 MiB v2 binary body (two 128 MiB tensors), loss back, by curl to each tree,
     interleaved: the median and the best of `rounds` seconds."""
-    labels, logits, header = _binary_request(rows, classes, ["loss"])
     specs = {name: (tree, BIG_BODIES) for name, tree in trees.items()}
     times: dict[str, list[float]] = {name: [] for name in trees}
-    infer = "/v2/models/softmax_cross_entropy_with_logits/infer"
-    headers = [f"Inference-Header-Content-Length: {len(header)}"]
     with _servers(specs) as ports, tempfile.TemporaryDirectory() as tmp:
-        big = Path(tmp) / "big"
-        big.write_bytes(header + labels.tobytes() + logits.tobytes())
+        big, headers = _upload(Path(tmp))
         for _ in range(rounds):
             for name, port in ports.items():
-                times[name].append(curl(f"http://127.0.0.1:{port}{infer}", big, headers))
+                times[name].append(curl(f"http://127.0.0.1:{port}{INFER}", big, headers))
     return {
         name: {"median": statistics.median(seconds), "best": min(seconds)}
         for name, seconds in times.items()
     }
 
 
-def loops(seconds: float, rows: int = 32768, classes: int = 1024) -> dict[str, dict[str, float]]:
+def loops(seconds: float) -> dict[str, dict[str, float]]:
     path, body, headers = payloads()["v1 JSON"]
-    labels, logits, header = _binary_request(rows, classes, ["loss"])
     specs = {
         loop: (servers.ROOT, {**BIG_BODIES, "SCE_LOOP": loop}) for loop in ("uvloop", "asyncio")
     }
     result: dict[str, dict[str, float]] = {loop: {} for loop in specs}
     with _servers(specs) as ports, tempfile.TemporaryDirectory() as tmp:
-        big = Path(tmp) / "big"
-        big.write_bytes(header + labels.tobytes() + logits.tobytes())
+        big, big_headers = _upload(Path(tmp))
         for _ in range(2):
             for loop, port in ports.items():
                 url = f"http://127.0.0.1:{port}{path}"
                 run = wrk(url, body, headers, 64, seconds)
                 if run["p99"] < result[loop].get("p99", float("inf")):
                     result[loop].update(rps=run["rps"], p50=run["p50"], p99=run["p99"])
-        infer = "/v2/models/softmax_cross_entropy_with_logits/infer"
         for _ in range(7):
             for loop, port in ports.items():
-                seconds_big = curl(
-                    f"http://127.0.0.1:{port}{infer}",
-                    big,
-                    [f"Inference-Header-Content-Length: {len(header)}"],
-                )
+                seconds_big = curl(f"http://127.0.0.1:{port}{INFER}", big, big_headers)
                 result[loop]["256 MiB s"] = min(result[loop].get("256 MiB s", 1e9), seconds_big)
     return result
 
@@ -249,10 +246,8 @@ def cpu_rates(
                     url = f"http://127.0.0.1:{ports[name]}{path}"
                     if round_ == 0:
                         wrk(url, body, headers, connections, 1)  # warm
-                    before = servers.cpu_seconds(pids[name])
-                    rps = wrk(url, body, headers, connections, seconds)["rps"]
-                    used = servers.cpu_seconds(pids[name]) - before
-                    runs.setdefault((connections, name), []).append((rps, used / (rps * seconds)))
+                    run = wrk_cpu(url, body, headers, connections, seconds, pids[name])
+                    runs.setdefault((connections, name), []).append(run)
     return [
         {"connections": c, "contender": name,
          "rps": round(statistics.median(r for r, _ in values)),
