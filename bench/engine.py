@@ -3,8 +3,12 @@ installed PyTorch (in .venv) and TensorFlow (bench/.venv-tf, `make bench-peers`)
 loss and for loss + both gradients; and accuracy against float64.
 
     python -m bench.engine [--sizes 32x10 1024x1000 8192x4096 8192x32000 --repeat 5]
+    python -m bench.engine --providers cuda   # on a GPU machine with onnxruntime-gpu
 
-Contenders run interleaved (round-robin), best of `repeat`.
+Contenders run interleaved (round-robin), best of `repeat`. With `--providers cuda` the
+engine runs on the CUDA provider (numpy in, numpy out, as the server calls it), beside
+PyTorch on the GPU the same way and two floors that leave the data on the device: the
+same ONNX graph through IO binding to device memory, and PyTorch on device tensors.
 """
 
 from __future__ import annotations
@@ -140,8 +144,74 @@ def contenders(
     }
 
 
-def measure(sizes: list[tuple[int, int]], repeat: int) -> list[dict[str, object]]:
-    engine = Engine()
+def cuda_contenders(labels: np.ndarray, logits: np.ndarray) -> dict[str, Callable[[], object]]:
+    """On the GPU: PyTorch from and to numpy (the server's case), and the two floors that
+    keep inputs and outputs in device memory (what IO binding to the device would give
+    a caller whose tensors already live there)."""
+    import onnxruntime as ort
+    import torch
+
+    from service.engine import graphs
+    from service.engine.types import DType
+
+    def device_resident(outputs: frozenset[str]) -> Callable[[], object]:
+        model = graphs.soft_graph(DType.float32, 2, outputs)  # type: ignore[arg-type]
+        session = ort.InferenceSession(
+            model.SerializeToString(), providers=["CUDAExecutionProvider"]
+        )
+        binding = session.io_binding()
+        feeds = {"labels": labels, "logits": logits}
+        if outputs != {"loss"}:
+            feeds["grad_loss"] = np.ones((labels.shape[0], 1), np.float32)
+        for name, array in feeds.items():
+            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array, "cuda", 0))
+        for name in sorted(outputs):
+            binding.bind_output(name, "cuda", 0)
+        return lambda: session.run_with_iobinding(binding)  # ORT syncs the stream at its end
+
+    x_gpu, y_gpu = torch.from_numpy(logits).cuda(), torch.from_numpy(labels).cuda()
+
+    def torch_on_device(grads: bool) -> Callable[[], object]:
+        def run() -> object:
+            x, y = x_gpu.detach().requires_grad_(grads), y_gpu.detach().requires_grad_(grads)
+            out = torch.nn.functional.cross_entropy(x, y, reduction="none")
+            if grads:
+                out.backward(torch.ones_like(out))
+            torch.cuda.synchronize()
+            return out
+
+        return run
+
+    def torch_from_host(grads: bool) -> Callable[[], object]:
+        def run() -> object:
+            x = torch.from_numpy(logits).cuda().requires_grad_(grads)
+            y = torch.from_numpy(labels).cuda().requires_grad_(grads)
+            with torch.set_grad_enabled(grads):
+                out = torch.nn.functional.cross_entropy(x, y, reduction="none")
+            if not grads:
+                return out.cpu().numpy()
+            out.backward(torch.ones_like(out))
+            assert x.grad is not None and y.grad is not None
+            return out.detach().cpu().numpy(), x.grad.cpu().numpy(), y.grad.cpu().numpy()
+
+        return run
+
+    return {
+        "ORT CUDA loss, device-resident": device_resident(frozenset({"loss"})),
+        "ORT CUDA loss + grads, device-resident": device_resident(frozenset(EVERYTHING)),
+        "PyTorch CUDA loss": torch_from_host(False),
+        "PyTorch CUDA loss + grads": torch_from_host(True),
+        "PyTorch CUDA loss, device-resident": torch_on_device(False),
+        "PyTorch CUDA loss + grads, device-resident": torch_on_device(True),
+    }
+
+
+def measure(
+    sizes: list[tuple[int, int]], repeat: int, providers: str = "cpu"
+) -> list[dict[str, object]]:
+    engine = Engine(providers=providers)
+    if providers == "cuda" and engine.providers[0] != "CUDAExecutionProvider":
+        raise SystemExit(f"CUDA was asked for, but the engine runs on {engine.providers}")
     rng = np.random.default_rng(0)
     rows = []
     with tensorflow() as tf:
@@ -149,7 +219,9 @@ def measure(sizes: list[tuple[int, int]], repeat: int) -> list[dict[str, object]
             labels = random_distribution(rng, (n, c), -1).astype(np.float32)
             logits = rng.standard_normal((n, c), dtype=np.float32)
             rounds = repeat if n * c < 1 << 26 else max(2, repeat // 2)
-            others = tf.contenders((n, c)) if tf is not None else {}
+            others = tf.contenders((n, c)) if tf is not None and providers == "cpu" else {}
+            if providers == "cuda":
+                others = cuda_contenders(labels, logits)
             times = interleaved({**contenders(engine, labels, logits), **others}, rounds)
             rows.extend(
                 {"size": f"{n}x{c}", "contender": k, "seconds": v} for k, v in times.items()
@@ -157,9 +229,9 @@ def measure(sizes: list[tuple[int, int]], repeat: int) -> list[dict[str, object]
     return rows
 
 
-def accuracy() -> list[dict[str, object]]:
+def accuracy(providers: str = "cpu") -> list[dict[str, object]]:
     """Error by dtype at 256 x 1000 (bench/run.py's table); see accuracy_by_classes."""
-    engine = Engine()
+    engine = Engine(providers=providers)
     rng = np.random.default_rng(1)
     rows = []
     for dtype in NUMPY:
@@ -176,11 +248,11 @@ def accuracy() -> list[dict[str, object]]:
     return rows
 
 
-def accuracy_by_classes() -> list[dict[str, object]]:
+def accuracy_by_classes(providers: str = "cpu") -> list[dict[str, object]]:
     """float32 error at 32 rows by class count (tests/engine/test_accuracy.py's inputs and
     measures), beside TensorFlow 2.21's (the issue's figures: loss relative, grad_logits
     absolute; grad_labels normwise relative, set against the loss's figure)."""
-    engine = Engine()
+    engine = Engine(providers=providers)
     rows: list[dict[str, object]] = []
     for classes in (1_000, 32_000, 128_000, 256_000):
         for scale in (3.0, 6.0):
@@ -218,12 +290,13 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", nargs="+", default=["32x10", "1024x1000", "8192x4096"])
     parser.add_argument("--repeat", type=int, default=5)
+    parser.add_argument("--providers", choices=["cpu", "cuda"], default="cpu")
     args = parser.parse_args()
     sizes = [tuple(int(v) for v in s.split("x")) for s in args.sizes]
     report = {
-        "speed": measure(sizes, args.repeat),  # type: ignore[arg-type]
-        "accuracy": accuracy(),
-        "accuracy_by_classes": accuracy_by_classes(),
+        "speed": measure(sizes, args.repeat, args.providers),  # type: ignore[arg-type]
+        "accuracy": accuracy(args.providers),
+        "accuracy_by_classes": accuracy_by_classes(args.providers),
     }
     print(json.dumps(report, indent=1))
 

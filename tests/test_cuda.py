@@ -1,14 +1,23 @@
-"""The CUDA execution provider, on a machine with a GPU and onnxruntime-gpu: pytest -m cuda."""
+"""The CUDA execution provider, on a machine with a GPU and onnxruntime-gpu: pytest -m cuda.
+
+In process (the engine) and end to end (`python -m service` with SCE_PROVIDERS=cuda,
+over HTTP: JSON in every dtype and dim, and a large safetensors body)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
+import httpx
 import numpy as np
 import pytest
 
 from service.engine.engine import Engine
+from tests.api.test_safetensors import pack, unpack
+from tests.conftest import start_server, stop_server
 from tests.reference import NUMPY, assert_close, random_distribution, softmax_xent
 
 pytestmark = pytest.mark.cuda
+SOFT = "softmax_cross_entropy_with_logits"
 
 
 @pytest.fixture(scope="module")
@@ -40,3 +49,64 @@ def test_cuda_sparse(cuda_engine: Engine, rng: np.random.Generator) -> None:
     loss = cuda_engine.sparse_softmax_cross_entropy(labels=labels, logits=logits).loss
     log_p = logits - np.log(np.exp(logits.astype(np.float64)).sum(-1, keepdims=True))
     assert_close(loss, -log_p[np.arange(256), labels], "float32")
+
+
+@pytest.fixture(scope="module")
+def cuda_server() -> Iterator[str]:
+    proc, url = start_server(env={"SCE_PROVIDERS": "cuda"}, timeout=180)
+    try:
+        yield url
+    finally:
+        stop_server(proc)
+
+
+def test_cuda_server_says_so(cuda_server: str) -> None:
+    assert httpx.get(cuda_server + "/v2", timeout=10).json()["providers"][0] == (
+        "CUDAExecutionProvider"
+    )
+    config = httpx.get(f"{cuda_server}/v2/models/{SOFT}/config", timeout=10)
+    assert config.json()["instance_group"][0]["kind"] == "KIND_GPU"
+
+
+@pytest.mark.parametrize("dtype", list(NUMPY))
+@pytest.mark.parametrize("dim", [0, 1, -1])
+def test_cuda_server_json_matches_reference(
+    cuda_server: str, rng: np.random.Generator, dtype: str, dim: int
+) -> None:
+    labels = random_distribution(rng, (5, 7, 11), dim).astype(NUMPY[dtype])
+    logits = (rng.standard_normal((5, 7, 11)) * 3).astype(NUMPY[dtype])
+    outputs = ["loss", "grad_logits", "grad_labels"]
+    body = {
+        "labels": labels.astype(np.float64).tolist(),
+        "logits": logits.astype(np.float64).tolist(),
+        "dtype": dtype,
+        "dim": dim,
+        "outputs": outputs,
+    }
+    response = httpx.post(f"{cuda_server}/v1/{SOFT}", json=body, timeout=60)
+    assert response.status_code == 200, response.text
+    expected = softmax_xent(labels, logits, dim)
+    for name in outputs:
+        got = np.array(response.json()[name]["data"], np.float64)
+        assert_close(got, expected[name], dtype, name)
+
+
+def test_cuda_server_large_safetensors(cuda_server: str, rng: np.random.Generator) -> None:
+    labels = random_distribution(rng, (2048, 32000), -1).astype(np.float32)
+    logits = rng.standard_normal((2048, 32000), dtype=np.float32)
+    response = httpx.post(
+        f"{cuda_server}/v1/{SOFT}?outputs=loss,grad_logits",
+        content=pack({"labels": labels, "logits": logits}),
+        headers={
+            "content-type": "application/x-safetensors",
+            "accept": "application/x-safetensors",
+        },
+        timeout=120,
+    )
+    assert response.status_code == 200, response.text[:500]
+    arrays, _ = unpack(response.content)
+    expected = softmax_xent(labels, logits)
+    assert_close(arrays["loss"], expected["loss"], "float32", "loss")
+    assert_close(arrays["grad_logits"], expected["grad_logits"], "float32", "grad_logits")
+    metrics = httpx.get(cuda_server + "/metrics", timeout=10).text
+    assert 'provider="CUDAExecutionProvider"' in metrics

@@ -51,7 +51,6 @@ class _Builder:
         self.initializers: list[onnx.TensorProto] = [
             helper.make_tensor("class_axes", TensorProto.INT64, [1], [CLASS_AXIS]),
             helper.make_tensor("one", TensorProto.FLOAT, [], [1.0]),
-            helper.make_tensor("zero", compute, [], [0.0]),
         ]
 
     def node(self, op: str, inputs: list[str], output: str, **attrs: Any) -> str:
@@ -86,7 +85,11 @@ class _Builder:
         graph = helper.make_graph(
             self.nodes, name, self.inputs, self.outputs, initializer=self.initializers
         )
-        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+        opsets = [helper.make_opsetid("", OPSET)]
+        # The oldest IR version that carries the opset, not onnx's newest: onnx 1.23 writes
+        # IR 14 by default, which onnxruntime-gpu 1.31 (max IR 13) refuses to load.
+        ir_version = helper.find_min_ir_version_for(opsets)
+        model = helper.make_model(graph, opset_imports=opsets, ir_version=ir_version)
         onnx.checker.check_model(model, full_check=True)
         return model
 
@@ -116,6 +119,17 @@ class _LogSoftmax:
     def __init__(self, b: _Builder, logits: str, chunked: bool) -> None:
         self.b, self.logits, self.chunked = b, logits, chunked
         self._full: str | None = None
+        if not chunked and b.dtype is DType.float64:
+            # Composed of ops that keep float64 on every provider: the CUDA provider's
+            # LogSoftmax is accurate to ~1e-6 on short rows (10 classes; ORT 1.31.1, H100);
+            # the CPU one is 1.4-1.8x slower than these (bench/engine.py sizes), and leaves
+            # a row with a +inf logit at -inf where TensorFlow (and this) makes it NaN.
+            top = b.node("ReduceMax", [logits, "class_axes"], "logit_max", keepdims=1)
+            shifted = b.node("Sub", [logits, top], "shifted")
+            total = b.node("ReduceSum", [b.node("Exp", [shifted], "exp_shifted"), "class_axes"],
+                           "exp_sum", keepdims=1)  # fmt: skip
+            self._full = b.node("Sub", [shifted, b.node("Log", [total], "lse")], "log_p")
+            return
         if not chunked:
             # One fused kernel in ONNX Runtime (max, sum of exp, subtract).
             self._full = b.node("LogSoftmax", [logits], "log_p", axis=CLASS_AXIS)
@@ -174,21 +188,6 @@ def _class_sum(b: _Builder, value: str, name: str, *, keepdims: int, chunked: bo
     return b.node("Cast", [total], name, to=b.compute)
 
 
-def _nan_rows(b: _Builder, log_p: str, softmax: str | None) -> str | None:
-    """0 for each row, NaN for a row that TensorFlow makes NaN throughout; float64 only.
-
-    A row with a +inf logit is NaN in every class in TensorFlow (inf - max is NaN, and so
-    is the row's sum). ONNX Runtime's float32 LogSoftmax agrees; its float64 one leaves
-    the other classes' log-probabilities at -inf (softmax 0, gradient 0): the row's sum of
-    softmax, 1 or NaN, times 0 puts the NaN back. None for the other dtypes.
-    """
-    if b.dtype is not DType.float64:
-        return None
-    p = softmax or b.node("Exp", [log_p], "softmax_for_nan")
-    total = b.node("ReduceSum", [p, "class_axes"], "softmax_sum", keepdims=1)
-    return b.node("Mul", [total, "zero"], "nan_rows")
-
-
 def soft_graph(
     dtype: DType,
     rank: int,
@@ -231,22 +230,17 @@ def soft_graph(
     if wanted & {"grad_logits", "grad_labels"}:
         grad_loss = b.compute_input("grad_loss", _dims("g", rank))
         softmax = b.node("Exp", [log_p], "softmax") if "grad_logits" in wanted else None
-        nan_rows = _nan_rows(b, log_p, softmax)
         if softmax is not None:
             if weighted:
                 mass = _class_sum(b, target, "target_mass", keepdims=1, chunked=chunked)
                 softmax = b.node("Mul", [softmax, mass], "softmax_mass")
             # TensorFlow's fused kernel: softmax - labels, exact when labels do not sum to 1.
             diff = b.node("Sub", [softmax, target], "softmax_minus_labels")
-            if nan_rows is not None:
-                diff = b.node("Add", [diff, nan_rows], "diff_nan_rows")
             b.output("grad_logits", b.node("Mul", [diff, grad_loss], "gx"), _dims("d", rank))
         if "grad_labels" in wanted:
             neg_grad = b.node("Neg", [grad_loss], "neg_grad_loss")
             if weighted:
                 neg_grad = b.node("Mul", [neg_grad, keep_w], "neg_grad_keep_w")
-            if nan_rows is not None:
-                log_p = b.node("Add", [log_p, nan_rows], "log_p_nan_rows")
             b.output("grad_labels", b.node("Mul", [neg_grad, log_p], "gl"), _dims("d", rank))
     kind = ("weighted_" if weighted else "") + ("chunked_" if chunked else "")
     return b.model(f"softmax_xent_{kind}{dtype.name}_r{rank}")
@@ -302,9 +296,6 @@ def sparse_graph(
         grad_loss = b.compute_input("grad_loss", ["g"] * (rank - 1))
         log_p = log_softmax.full()
         softmax = b.node("Exp", [log_p], "softmax")
-        nan_rows = _nan_rows(b, log_p, softmax)
-        if nan_rows is not None:
-            softmax = b.node("Add", [softmax, nan_rows], "softmax_nan_rows")
         if smoothed:
             mass = b.node(
                 "Unsqueeze", [b.compute_input("mass", per_example), "class_axes"], "mass_col"

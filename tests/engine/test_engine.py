@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from onnx import helper
 
+from service.engine import graphs
 from service.engine.engine import Engine
+from service.engine.types import DType
 from service.errors import (
     InvalidArgument,
     InvalidDim,
@@ -204,3 +207,17 @@ def test_sparse_rejects_label_shape_mismatch(engine: Engine) -> None:
         engine.sparse_softmax_cross_entropy(
             labels=np.array([0, 1, 2]), logits=np.zeros((2, 3), np.float32)
         )
+
+
+def test_graphs_carry_the_oldest_ir_version_of_their_opset() -> None:
+    """onnx writes its newest IR version by default (14 in onnx 1.23), which an older ONNX
+    Runtime refuses (onnxruntime-gpu 1.31 reads up to 13): the graphs name the oldest IR
+    that carries their opset, so any runtime with the opset loads them."""
+    oldest = helper.find_min_ir_version_for([helper.make_opsetid("", graphs.OPSET)])
+    models = [
+        graphs.soft_graph(DType.float32, 2, ["loss", "grad_logits"]),
+        graphs.soft_graph(DType.bfloat16, 3, ["grad_labels"], weighted=True, chunked=True),
+        graphs.sparse_graph(DType.float16, DType.int64, ["loss"], rank=2),
+    ]
+    assert oldest == 8
+    assert {m.ir_version for m in models} == {oldest}
