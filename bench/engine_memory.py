@@ -18,6 +18,7 @@ loss (float32); `--extra` adds every output of 8192x4096 and two broadcasts.
     python -m bench.engine_memory sessions [--rows 8192 --classes 4096 --broadcast 16384]
                                            [--allocator shared|session|none|shrink]
     python -m bench.engine_memory arena [--repeat 7] [--rows 8192 ...]
+    python -m bench.engine_memory sessions --providers cuda [--allocator session]
 
 `sessions` runs one large call through each of 44 sessions (every output subset of every
 float dtype, the class dim first, the sparse op, a float64 broadcast) in this process and
@@ -25,6 +26,8 @@ reports the RSS after each: with an arena per session it grows by each session's
 `arena` compares the sessions' allocators (service/engine/sessions.py, plus "shrink": an
 arena per session, shrunk after each run): `sessions` for each, each in a fresh process,
 then their time interleaved in one process, best of `repeat`, on 32x10 and 8192x4096.
+With `--providers cuda`, `sessions` also reports the GPU's used memory after each call
+(nvidia-smi: the whole device, so nothing else should run on it).
 """
 
 from __future__ import annotations
@@ -230,7 +233,7 @@ class _Shrinking:
         return providers
 
 
-def build_engine(allocator: str | None = None) -> Any:
+def build_engine(allocator: str | None = None, providers: str = "cpu") -> Any:
     """This tree's engine, its sessions made with `allocator` (None: sessions.py's default)."""
     import onnxruntime as ort
 
@@ -238,7 +241,7 @@ def build_engine(allocator: str | None = None) -> Any:
     from service.engine.engine import Engine
 
     if allocator is None:
-        return Engine(providers="cpu")
+        return Engine(providers=providers)
     if allocator not in ALLOCATORS:
         raise ValueError(f"unknown allocator {allocator!r}; expected one of {ALLOCATORS}")
     kinds: dict[str, sessions.Allocator] = {
@@ -250,7 +253,7 @@ def build_engine(allocator: str | None = None) -> Any:
     original = sessions.session_options
     setattr(sessions, "session_options", partial(original, allocator=kinds[allocator]))  # noqa: B010
     try:
-        engine = Engine(providers="cpu")
+        engine = Engine(providers=providers)
     finally:
         setattr(sessions, "session_options", original)  # noqa: B010
     if allocator == "shrink":
@@ -302,13 +305,31 @@ def _sparse_call(engine: Any, **kwargs: Any) -> None:
     engine.sparse_softmax_cross_entropy(**kwargs)
 
 
+def gpu_used() -> int:
+    """Bytes in use on GPU 0, by every process (nvidia-smi)."""
+    out = subprocess.run(
+        ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=30,
+    )
+    return int(out.stdout.split()[0]) * MiB
+
+
 def many_sessions(
-    rows: int = 8192, classes: int = 4096, broadcast: int = 16384, allocator: str | None = None
+    rows: int = 8192,
+    classes: int = 4096,
+    broadcast: int = 16384,
+    allocator: str | None = None,
+    providers: str = "cpu",
 ) -> dict[str, Any]:
-    """One large call through each of many sessions: the process's RSS after each."""
-    engine = build_engine(allocator)
+    """One large call through each of many sessions: the process's RSS after each, and
+    the GPU's used memory on CUDA."""
+    engine = build_engine(allocator, providers)
     calls = _session_calls(rows, classes, broadcast)
     rss: list[int] = []
+    gpu: list[int] = []
     seconds: list[float] = []
     for _, call in calls:
         start = time.perf_counter()
@@ -316,19 +337,28 @@ def many_sessions(
         seconds.append(round(time.perf_counter() - start, 3))
         gc.collect()
         rss.append(_status("VmRSS"))
+        if providers == "cuda":
+            gpu.append(gpu_used())
     return {
         "allocator": allocator or "default",
+        "providers": engine.providers,
         "labels": [label for label, _ in calls],
         "rss": rss,
+        "gpu": gpu,
         "seconds": seconds,
     }
 
 
 def many_sessions_in_subprocess(
-    rows: int, classes: int, broadcast: int, allocator: str | None = None
+    rows: int,
+    classes: int,
+    broadcast: int,
+    allocator: str | None = None,
+    providers: str = "cpu",
 ) -> dict[str, Any]:
     command = [sys.executable, "-m", "bench.engine_memory", "sessions", "--rows", str(rows)]
     command += ["--classes", str(classes), "--broadcast", str(broadcast)]
+    command += ["--providers", providers]
     if allocator is not None:
         command += ["--allocator", allocator]
     root = Path(__file__).resolve().parents[1]
@@ -404,9 +434,10 @@ def main() -> None:
         command.add_argument("--classes", type=int, default=4096)
         command.add_argument("--broadcast", type=int, default=16384)
     across.add_argument("--allocator", choices=ALLOCATORS)
+    across.add_argument("--providers", choices=["cpu", "cuda"], default="cpu")
     args = parser.parse_args()
     if args.command == "sessions":
-        r = many_sessions(args.rows, args.classes, args.broadcast, args.allocator)
+        r = many_sessions(args.rows, args.classes, args.broadcast, args.allocator, args.providers)
         print(json.dumps(r))
     elif args.command == "arena":
         arena(args.repeat, args.rows, args.classes, args.broadcast, not args.time_only)

@@ -11,6 +11,7 @@ import httpx
 import numpy as np
 import pytest
 
+from bench.engine_memory import many_sessions_in_subprocess
 from service.engine.engine import Engine
 from tests.api.test_safetensors import pack, unpack
 from tests.conftest import start_server, stop_server
@@ -49,6 +50,28 @@ def test_cuda_sparse(cuda_engine: Engine, rng: np.random.Generator) -> None:
     loss = cuda_engine.sparse_softmax_cross_entropy(labels=labels, logits=logits).loss
     log_p = logits - np.log(np.exp(logits.astype(np.float64)).sum(-1, keepdims=True))
     assert_close(loss, -log_p[np.arange(256), labels], "float32")
+
+
+MiB = 1 << 20
+# What GPU 0's used memory may grow by after the first large call, however many sessions
+# follow (the CPU's test is tests/engine/test_arena.py): the shared device arena's growth
+# to the most demanding call (float64, the class dim first: ~5 blocks of 2048 x 4096).
+GPU_GROWTH_BOUND = 512 * MiB
+
+
+def test_cuda_sessions_share_one_device_arena() -> None:
+    """A large call through each of 44 sessions on the GPU, in a fresh process: the
+    device's used memory after each stays within GPU_GROWTH_BOUND of its use after the
+    first (an arena per session kept each one's high-water mark)."""
+    measured = many_sessions_in_subprocess(
+        rows=2048, classes=4096, broadcast=8192, providers="cuda"
+    )
+    assert measured["providers"][0] == "CUDAExecutionProvider"
+    growth = [(after - measured["gpu"][0]) / MiB for after in measured["gpu"]]
+    assert max(growth) * MiB <= GPU_GROWTH_BOUND, (
+        f"GPU memory grew by up to {max(growth):.0f} MiB after the first large call; "
+        f"after each, MiB: {[round(g) for g in growth]}"
+    )
 
 
 @pytest.fixture(scope="module")

@@ -761,9 +761,9 @@ class Engine:
         # A long class dimension summed in chunks (graphs._LogSoftmax); False: whole rows.
         self.chunked_softmax = chunked_softmax
         threads = intra_op_threads or sessions.usable_cpus()
-        self._options = sessions.session_options(threads)
         requested = sessions.PROVIDERS[providers]
         self._loadable = sessions.loadable_providers(providers)
+        self._options = sessions.session_options(threads, providers=self._loadable)
         self._sessions: dict[GraphKey, sessions.InferenceSession] = {}
         # Nodes of each graph: a bound on the block-sized tensors one run can hold.
         self._nodes: dict[GraphKey, int] = {}

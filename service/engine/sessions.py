@@ -35,6 +35,13 @@ PROVIDERS = {
 }
 
 
+# One stream for each CUDA session's work, the provider's own: with the default (a stream
+# per thread that runs the session), each session held another ~74 MiB of device memory
+# after its first run; with this, 1 MiB (ORT 1.31.1, H100; `python -m bench.cuda_probes
+# streams`): up to 11.6 GiB against 0.2 over the engine's 160 sessions.
+CUDA_OPTIONS = {"use_ep_level_unified_stream": "1"}
+
+
 def cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup")) -> float | None:
     """The container's CPU quota in CPUs (cgroup v2 `cpu.max`, else v1), or None if unlimited."""
     try:
@@ -87,31 +94,47 @@ Allocator = Literal["shared", "session", "none"]
 # a cap would turn a call past it into a failed run, not into a wait.
 SHARED_ARENA = {"max_mem": 0, "arena_extend_strategy": 1}  # 1: kSameAsRequested
 _shared_arena_lock = threading.Lock()
-_shared_arena_registered = False
+_shared_arenas: set[str] = set()  # the providers whose arena this process has registered
 
 
-def register_shared_arena() -> None:
-    """Register, once per process, the CPU arena that sessions made with "shared" use.
+def register_shared_arena(providers: Sequence[str] = ("CPUExecutionProvider",)) -> None:
+    """Register, once per process, the arenas that sessions made with "shared" use: the
+    CPU's, and GPU 0's when `providers` has CUDA.
 
-    It lives in ONNX Runtime's process-wide environment, beside every session of every
-    engine in this process; a session takes it with `session.use_env_allocators`.
+    They live in ONNX Runtime's process-wide environment, beside every session of every
+    engine in this process; a session takes them with `session.use_env_allocators`. On
+    the GPU the reason is the CPU's, in device memory: each CUDA session kept its own
+    arena at its high-water mark (`python -m bench.engine_memory sessions --providers
+    cuda`). Where ONNX Runtime cannot register the CUDA one, sessions keep their own.
     """
-    global _shared_arena_registered
     with _shared_arena_lock:
-        if _shared_arena_registered:
-            return
-        info = ort.OrtMemoryInfo(
-            "Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT
-        )
-        ort.create_and_register_allocator(info, ort.OrtArenaCfg(SHARED_ARENA))
-        _shared_arena_registered = True
+        if "CPUExecutionProvider" not in _shared_arenas:
+            info = ort.OrtMemoryInfo(
+                "Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT
+            )
+            ort.create_and_register_allocator(info, ort.OrtArenaCfg(SHARED_ARENA))
+            _shared_arenas.add("CPUExecutionProvider")
+        if "CUDAExecutionProvider" in providers and "CUDAExecutionProvider" not in _shared_arenas:
+            info = ort.OrtMemoryInfo(
+                "Cuda", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT
+            )
+            try:
+                ort.create_and_register_allocator_v2(
+                    "CUDAExecutionProvider", info, {}, ort.OrtArenaCfg(SHARED_ARENA)
+                )
+            except Exception as exc:  # an older build: each session keeps its own arena
+                log.warning("no shared CUDA arena (%s): each session keeps its own", exc)
+            _shared_arenas.add("CUDAExecutionProvider")
 
 
 def session_options(
-    intra_op_threads: int, *, allocator: Allocator = "shared"
+    intra_op_threads: int,
+    *,
+    allocator: Allocator = "shared",
+    providers: Sequence[str] = ("CPUExecutionProvider",),
 ) -> ort.SessionOptions:
     """Explicit options: one thread pool sized for this container, full graph optimisation,
-    and intermediates from `allocator` (see `Allocator`)."""
+    and intermediates from `allocator` (see `Allocator`) on `providers`' devices."""
     options = ort.SessionOptions()
     options.intra_op_num_threads = intra_op_threads
     options.inter_op_num_threads = 1
@@ -122,7 +145,7 @@ def session_options(
     # loop and the other requests need (bench/http.py measured it).
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if allocator == "shared":
-        register_shared_arena()
+        register_shared_arena(providers)
         options.add_session_config_entry("session.use_env_allocators", "1")
     elif allocator == "none":
         options.enable_cpu_mem_arena = False
@@ -150,7 +173,8 @@ def create_session(
     model: onnx.ModelProto, *, providers: list[str], options: ort.SessionOptions
 ) -> ort.InferenceSession:
     """One session; its providers are read back by the caller, since ORT falls back silently."""
-    return ort.InferenceSession(model.SerializeToString(), options, providers=providers)
+    chosen = [(p, CUDA_OPTIONS) if p == "CUDAExecutionProvider" else p for p in providers]
+    return ort.InferenceSession(model.SerializeToString(), options, providers=chosen)
 
 
 def _ort_value(array: np.ndarray) -> ort.OrtValue:
