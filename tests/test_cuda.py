@@ -55,7 +55,8 @@ def test_cuda_sparse(cuda_engine: Engine, rng: np.random.Generator) -> None:
 MiB = 1 << 20
 # What GPU 0's used memory may grow by after the first large call, however many sessions
 # follow (the CPU's test is tests/engine/test_arena.py): the shared device arena's growth
-# to the most demanding call (float64, the class dim first: ~5 blocks of 2048 x 4096).
+# to the most demanding call. Measured on an H100 (ORT 1.31.1): +34 MiB over 45 calls
+# through 44 sessions; +3192 MiB with an arena and a stream per session (ORT's defaults).
 GPU_GROWTH_BOUND = 512 * MiB
 
 
