@@ -219,9 +219,10 @@ def measure(
             labels = random_distribution(rng, (n, c), -1).astype(np.float32)
             logits = rng.standard_normal((n, c), dtype=np.float32)
             rounds = repeat if n * c < 1 << 26 else max(2, repeat // 2)
-            others = tf.contenders((n, c)) if tf is not None and providers == "cpu" else {}
             if providers == "cuda":
                 others = cuda_contenders(labels, logits)
+            else:
+                others = tf.contenders((n, c)) if tf is not None else {}
             times = interleaved({**contenders(engine, labels, logits), **others}, rounds)
             rows.extend(
                 {"size": f"{n}x{c}", "contender": k, "seconds": v} for k, v in times.items()
