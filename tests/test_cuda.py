@@ -1,7 +1,8 @@
 """The CUDA execution provider, on a machine with a GPU and onnxruntime-gpu: pytest -m cuda.
 
-In process (the engine) and end to end (`python -m service` with SCE_PROVIDERS=cuda,
-over HTTP: JSON in every dtype and dim, and a large safetensors body)."""
+In process (the engine, and the device memory across its sessions) and end to end
+(`python -m service` with SCE_PROVIDERS=cuda, over HTTP: JSON in every dtype and dim,
+and a large safetensors body)."""
 
 from __future__ import annotations
 
@@ -56,7 +57,8 @@ MiB = 1 << 20
 # What GPU 0's used memory may grow by after the first large call, however many sessions
 # follow (the CPU's test is tests/engine/test_arena.py): the shared device arena's growth
 # to the most demanding call. Measured on an H100 (ORT 1.31.1): +34 MiB over 45 calls
-# through 44 sessions; +3192 MiB with an arena and a stream per session (ORT's defaults).
+# through 44 sessions; +3192 MiB with a stream per session thread (ORT's default), and
+# +4896 MiB with an arena per session as well.
 GPU_GROWTH_BOUND = 512 * MiB
 
 
