@@ -15,26 +15,16 @@ from __future__ import annotations
 import argparse
 import ast
 import json
-import subprocess
 import time
 
 import numpy as np
 import onnxruntime as ort
 
+from bench.engine_memory import MiB, gpu_used
 from service.engine import graphs
 from service.engine.types import DType, Output
 
 SESSIONS = 20
-
-
-def gpu_used_mib() -> int:
-    out = subprocess.run(
-        ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-    return int(out.stdout.split()[0])
 
 
 def streams(options: dict[str, str]) -> None:
@@ -42,15 +32,15 @@ def streams(options: dict[str, str]) -> None:
     session_options = ort.SessionOptions()
     session_options.log_severity_level = 3
     providers = [("CUDAExecutionProvider", options), "CPUExecutionProvider"]
-    base = gpu_used_mib()
+    base = gpu_used() // MiB
     made = [
         ort.InferenceSession(model, session_options, providers=providers) for _ in range(SESSIONS)
     ]
-    after_made = gpu_used_mib()
+    after_made = gpu_used() // MiB
     x = np.zeros((32, 10), np.float32)
     for session in made:
         session.run(None, {"labels": x, "logits": x})
-    after_run = gpu_used_mib()
+    after_run = gpu_used() // MiB
     print(
         options,
         "per session MiB: made",
