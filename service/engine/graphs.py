@@ -119,21 +119,21 @@ class _LogSoftmax:
     def __init__(self, b: _Builder, logits: str, chunked: bool) -> None:
         self.b, self.logits, self.chunked = b, logits, chunked
         self._full: str | None = None
-        if not chunked and b.dtype is DType.float64:
-            # Composed of ops that keep float64 on every provider: the CUDA provider's
-            # LogSoftmax is accurate to ~1e-6 on short rows (10 classes; ORT 1.31.1, H100);
-            # the CPU one took 1.3-1.8x the time of these (1024x1000 and 8192x4096, loss
-            # and loss + grads, 2 threads), and left a row with a +inf logit at -inf
-            # where TensorFlow (and this) makes it NaN.
+        if not chunked:
+            if b.dtype is not DType.float64:
+                # One fused kernel in ONNX Runtime (max, sum of exp, subtract).
+                self._full = b.node("LogSoftmax", [logits], "log_p", axis=CLASS_AXIS)
+                return
+            # float64: composed of ops that keep float64 on every provider. The CUDA
+            # provider's LogSoftmax is accurate to ~1e-6 on short rows (10 classes; ORT
+            # 1.31.1, H100); the CPU one took 1.3-1.8x the time of these (1024x1000 and
+            # 8192x4096, loss and loss + grads, 2 threads), and left a row with a +inf
+            # logit at -inf where TensorFlow (and this) makes it NaN.
             top = b.node("ReduceMax", [logits, "class_axes"], "logit_max", keepdims=1)
             shifted = b.node("Sub", [logits, top], "shifted")
             total = b.node("ReduceSum", [b.node("Exp", [shifted], "exp_shifted"), "class_axes"],
                            "exp_sum", keepdims=1)  # fmt: skip
             self._full = b.node("Sub", [shifted, b.node("Log", [total], "lse")], "log_p")
-            return
-        if not chunked:
-            # One fused kernel in ONNX Runtime (max, sum of exp, subtract).
-            self._full = b.node("LogSoftmax", [logits], "log_p", axis=CLASS_AXIS)
             return
         b.inputs.append(helper.make_tensor_value_info("chunks", TensorProto.INT64, ["r"]))
         b.initializers.append(
