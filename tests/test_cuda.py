@@ -6,7 +6,11 @@ and a large safetensors body)."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -75,6 +79,34 @@ def test_cuda_sessions_share_one_device_arena() -> None:
         f"GPU memory grew by up to {max(growth):.0f} MiB after the first large call; "
         f"after each, MiB: {[round(g) for g in growth]}"
     )
+
+
+# A fresh CUDA engine, in a fresh process, on an H100 (ORT 1.31.1): GPU 0's used memory
+# grew by 539 MiB when it was made (the CUDA context and one session), and by 28 MiB
+# more over three sessions made on first use. With all 80 sessions made at start it grew
+# by ~6 GiB; with cuBLAS's default workspace, a session held 73 MiB rather than ~9.
+GPU_START_BOUND = 1024 * MiB
+GPU_SESSION_BOUND = 32 * MiB
+
+
+def test_cuda_engine_makes_sessions_on_first_use() -> None:
+    """A fresh CUDA engine holds device memory for the calls made, not for every session
+    it could make, and each session holds no cuBLAS workspace."""
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.cuda_probes", "start"],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
+    )
+    measured = json.loads(out.stdout.strip().splitlines()[-1])
+    assert measured["providers"][0] == "CUDAExecutionProvider"
+    assert measured["sessions"] == 4, measured  # float32's made at start, then one a dtype
+    made = measured["made"] - measured["before"]
+    assert made <= GPU_START_BOUND, f"a fresh CUDA engine took {made / MiB:.0f} MiB"
+    per_session = (measured["after_calls"] - measured["made"]) / 3
+    assert per_session <= GPU_SESSION_BOUND, f"{per_session / MiB:.0f} MiB a session"
 
 
 @pytest.fixture(scope="module")

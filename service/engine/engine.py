@@ -747,7 +747,7 @@ _Call = TypeVar("_Call", bound=_Work)
 
 class Engine:
     """Computes loss and gradients for any rank, dim, dtype and option, through ONNX
-    Runtime sessions: TensorFlow's ops' built at start, the options' on first use."""
+    Runtime sessions: TensorFlow's ops' built at start (on the CPU), the rest on first use."""
 
     def __init__(
         self,
@@ -769,18 +769,15 @@ class Engine:
         self._nodes: dict[GraphKey, int] = {}
         self._building = threading.Lock()
         self._checks: dict[tuple[object, ...], object] = {}
-        # Built now: TensorFlow's two ops, every dtype, layout and output subset (80
-        # sessions, about 0.25 s and 40 MiB). The graphs of label smoothing and class
+        # Built now on the CPU: TensorFlow's two ops, every dtype, layout and output subset
+        # (80 sessions, about 0.25 s and 40 MiB). The graphs of label smoothing and class
         # weights, and of the sparse op along a dim that is not the last, are built on
         # their first call (a few ms each): 80 more at start would double both, for
-        # options most deployments use a few of.
-        for dtype in FLOAT_DTYPES:
-            for rank in (2, 3):
-                for outs in _subsets(_SOFT_GRAPH_OUTPUTS):
-                    self._build(("soft", dtype, rank, outs, False, False))
-            for label_dtype in INDEX_DTYPES:
-                for outs in _subsets(_SPARSE_GRAPH_OUTPUTS):
-                    self._build(("sparse", dtype, label_dtype, 2, outs, False, False))
+        # options most deployments use a few of. On CUDA every graph is built on first use
+        # but one, which shows whether the provider loads: each CUDA session holds tens of
+        # MiB of device memory from its creation (~6 GiB for the 80; docs/benchmarks.md (n)).
+        for key in _start_keys(cuda=self._loadable[0] == "CUDAExecutionProvider"):
+            self._build(key)
         in_use = {p for s in self._sessions.values() for p in s.get_providers()}
         self.providers: list[str] = [p for p in requested if p in in_use]
         self.intra_op_threads = threads
@@ -1341,6 +1338,21 @@ _WEIGHT_SUM = frozenset({"weight_sum"})
 # What the options add per example at most (float64 each): sample weights broadcast, the
 # ignore mask, label weights, their product, the per-example loss and gradient scale.
 _EXTRAS_BYTES = 48
+
+
+def _start_keys(*, cuda: bool) -> list[GraphKey]:
+    """The graphs an engine builds at start: TensorFlow's ops' on the CPU, one on CUDA."""
+    if cuda:
+        return [("soft", DType.float32, 2, frozenset(["loss"]), False, False)]
+    keys: list[GraphKey] = []
+    for dtype in FLOAT_DTYPES:
+        for rank in (2, 3):
+            for outs in _subsets(_SOFT_GRAPH_OUTPUTS):
+                keys.append(("soft", dtype, rank, outs, False, False))
+        for label_dtype in INDEX_DTYPES:
+            for outs in _subsets(_SPARSE_GRAPH_OUTPUTS):
+                keys.append(("sparse", dtype, label_dtype, 2, outs, False, False))
+    return keys
 
 
 # A class dimension longer than CHUNK_MAX is summed in chunks of CHUNK_MIN..CHUNK_MAX

@@ -41,6 +41,13 @@ PROVIDERS = {
 # streams`): 5.8 GiB against 0.08 over the 80 sessions the engine builds at start.
 CUDA_OPTIONS = {"use_ep_level_unified_stream": "1"}
 
+# Each CUDA session makes its own cuBLAS handle, and cuBLAS gives each handle a workspace
+# for matrix products: 64 of the 73.4 MiB of device memory that a session held from its
+# creation, whatever its graph (ORT 1.31.1, H100; `python -m bench.cuda_probes creation`:
+# 9.3 MiB without). The graphs have no matrix product, so there is none, unless the
+# deployment's environment names a workspace itself. Read by cuBLAS when it loads.
+CUBLAS_WORKSPACE_CONFIG = ":0:0"
+
 
 def cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup")) -> float | None:
     """The container's CPU quota in CPUs (cgroup v2 `cpu.max`, else v1), or None if unlimited."""
@@ -157,14 +164,17 @@ def session_options(
 def loadable_providers(name: str) -> list[str]:
     """The providers of a setting value that this ONNX Runtime build offers, in order.
 
-    Loads the CUDA libraries first when CUDA is asked for. ORT may still list CUDA and
+    Loads the CUDA libraries first when CUDA is asked for, cuBLAS without a workspace
+    (CUBLAS_WORKSPACE_CONFIG). ORT may still list CUDA and
     then fall back silently at session creation: callers read `get_providers()` after.
     """
-    if name == "cuda" and hasattr(ort, "preload_dlls"):
-        try:
-            ort.preload_dlls()
-        except Exception as exc:  # a CPU-only wheel or missing libraries: fall back
-            log.debug("could not preload CUDA libraries: %s", exc)
+    if name == "cuda":
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE_CONFIG)
+        if hasattr(ort, "preload_dlls"):
+            try:
+                ort.preload_dlls()
+            except Exception as exc:  # a CPU-only wheel or missing libraries: fall back
+                log.debug("could not preload CUDA libraries: %s", exc)
     available = set(ort.get_available_providers())
     return [p for p in PROVIDERS[name] if p in available]
 
