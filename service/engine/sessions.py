@@ -38,7 +38,7 @@ PROVIDERS = {
 # One stream for each CUDA session's work, the provider's own: with the default (a stream
 # per thread that runs the session), each session held another ~74 MiB of device memory
 # after its first run; with this, 1 MiB (ORT 1.31.1, H100; `python -m bench.cuda_probes
-# streams`): 5.8 GiB against 0.08 over the 80 sessions the engine builds at start.
+# streams`): 5.8 GiB against 0.08 over 80 sessions.
 CUDA_OPTIONS = {"use_ep_level_unified_stream": "1"}
 
 # Each CUDA session makes its own cuBLAS handle, and cuBLAS gives each handle a workspace
