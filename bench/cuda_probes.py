@@ -13,7 +13,8 @@ grad_logits) with inputs and outputs in device memory, at 8192x32000 and 1024x10
 mean time of 5 runs after 2, and the nodes' kernel time (mean over all 7 runs).
 `creation`: GPU 0's used memory and the time per session, making 20 sessions with the
 engine's options (sessions.CUDA_OPTIONS; the shared arena or one per session), of the
-soft graph or of a graph of one Identity node: what a CUDA session costs by itself.
+soft graph or of a graph of one Identity node: what a CUDA session costs by itself
+(with cuBLAS's default workspace, unless CUBLAS_WORKSPACE_CONFIG is set).
 `start`: a fresh engine on CUDA, as JSON: GPU 0's used memory before it, after it is
 made, and after a 32 x 10 call in each dtype (tests/test_cuda.py reads it).
 `idle`: a device-resident 8192 x 32000 loss, each run timed, back to back and after
@@ -25,7 +26,6 @@ from __future__ import annotations
 import argparse
 import ast
 import json
-import subprocess
 import time
 from collections.abc import Callable
 
@@ -33,7 +33,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from bench.engine_memory import MiB, gpu_used
+from bench.engine_memory import MiB, gpu_query, gpu_used
 from service.engine import graphs, sessions
 from service.engine.types import FLOAT_DTYPES, DType, Output
 
@@ -167,17 +167,6 @@ def start() -> None:
     )
 
 
-def sm_clock() -> int:
-    out = subprocess.run(
-        ["nvidia-smi", "--query-gpu=clocks.sm", "--format=csv,noheader,nounits", "-i", "0"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=30,
-    )
-    return int(out.stdout.split()[0])
-
-
 def idle() -> None:
     rng = np.random.default_rng(0)
     shape = (8192, 32000)
@@ -211,7 +200,7 @@ def idle() -> None:
     ]
     for what, interlude in interludes:
         interlude()
-        clock = sm_clock()
+        clock = gpu_query("clocks.sm")  # MHz
         begin = time.perf_counter()
         session.run_with_iobinding(binding)
         took = (time.perf_counter() - begin) * 1e3

@@ -305,16 +305,21 @@ def _sparse_call(engine: Any, **kwargs: Any) -> None:
     engine.sparse_softmax_cross_entropy(**kwargs)
 
 
-def gpu_used() -> int:
-    """Bytes in use on GPU 0, by every process (nvidia-smi)."""
+def gpu_query(field: str) -> int:
+    """One of GPU 0's figures from nvidia-smi, as a number in its own unit."""
     out = subprocess.run(
-        ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"],
+        ["nvidia-smi", f"--query-gpu={field}", "--format=csv,noheader,nounits", "-i", "0"],
         capture_output=True,
         text=True,
         check=True,
         timeout=30,
     )
-    return int(out.stdout.split()[0]) * MiB
+    return int(out.stdout.split()[0])
+
+
+def gpu_used() -> int:
+    """Bytes in use on GPU 0, by every process."""
+    return gpu_query("memory.used") * MiB
 
 
 def many_sessions(

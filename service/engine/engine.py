@@ -774,8 +774,9 @@ class Engine:
         # weights, and of the sparse op along a dim that is not the last, are built on
         # their first call (a few ms each): 80 more at start would double both, for
         # options most deployments use a few of. On CUDA every graph is built on first use
-        # but one, which shows whether the provider loads: each CUDA session holds tens of
-        # MiB of device memory from its creation (~6 GiB for the 80; docs/benchmarks.md (n)).
+        # (~3 ms) but one, which shows whether the provider loads: each CUDA session holds
+        # its own provider's device memory from its creation (9 MiB, 73 with cuBLAS's
+        # default workspace: sessions.CUBLAS_WORKSPACE_CONFIG; docs/benchmarks.md (n)).
         for key in _start_keys(cuda=self._loadable[0] == "CUDAExecutionProvider"):
             self._build(key)
         in_use = {p for s in self._sessions.values() for p in s.get_providers()}

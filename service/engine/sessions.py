@@ -165,8 +165,8 @@ def loadable_providers(name: str) -> list[str]:
     """The providers of a setting value that this ONNX Runtime build offers, in order.
 
     Loads the CUDA libraries first when CUDA is asked for, cuBLAS without a workspace
-    (CUBLAS_WORKSPACE_CONFIG). ORT may still list CUDA and
-    then fall back silently at session creation: callers read `get_providers()` after.
+    (CUBLAS_WORKSPACE_CONFIG). ORT may still list CUDA and then fall back silently at
+    session creation: callers read `get_providers()` after.
     """
     if name == "cuda":
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE_CONFIG)
