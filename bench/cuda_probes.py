@@ -33,6 +33,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
+from bench.engine import device_binding
 from bench.engine_memory import MiB, gpu_query, gpu_used
 from service.engine import graphs, sessions
 from service.engine.types import FLOAT_DTYPES, DType, Output
@@ -76,22 +77,9 @@ def profile() -> None:
         x = rng.standard_normal(shape, dtype=np.float32)
         y = np.full(shape, 1.0 / shape[1], np.float32)
         for outs in wanted:
-            model = graphs.soft_graph(DType.float32, 2, outs)
             options = ort.SessionOptions()
             options.enable_profiling = True
-            session = ort.InferenceSession(
-                model.SerializeToString(), options, providers=["CUDAExecutionProvider"]
-            )
-            binding = session.io_binding()
-            feeds = {"labels": y, "logits": x}
-            if outs != ["loss"]:
-                feeds["grad_loss"] = np.ones((shape[0], 1), np.float32)
-            for name, array in feeds.items():
-                binding.bind_ortvalue_input(
-                    name, ort.OrtValue.ortvalue_from_numpy(array, "cuda", 0)
-                )
-            for name in outs:
-                binding.bind_output(name, "cuda", 0)
+            session, binding = device_binding(outs, y, x, options)
             for _ in range(2):
                 session.run_with_iobinding(binding)
             start = time.perf_counter()
@@ -172,14 +160,7 @@ def idle() -> None:
     shape = (8192, 32000)
     x = rng.standard_normal(shape, dtype=np.float32)
     y = np.full(shape, 1.0 / shape[1], np.float32)
-    session = ort.InferenceSession(
-        graphs.soft_graph(DType.float32, 2, ["loss"]).SerializeToString(),
-        providers=["CUDAExecutionProvider"],
-    )
-    binding = session.io_binding()
-    for name, array in {"labels": y, "logits": x}.items():
-        binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array, "cuda", 0))
-    binding.bind_output("loss", "cuda", 0)
+    session, binding = device_binding(["loss"], y, x)
     import torch
 
     x_host, y_host = torch.from_numpy(x), torch.from_numpy(y)

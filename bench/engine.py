@@ -17,7 +17,7 @@ import argparse
 import json
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import partial
@@ -144,30 +144,43 @@ def contenders(
     }
 
 
-def cuda_contenders(labels: np.ndarray, logits: np.ndarray) -> dict[str, Callable[[], object]]:
-    """On the GPU: PyTorch from and to numpy (the server's case), and the two floors that
-    keep inputs and outputs in device memory (what IO binding to the device would give
-    a caller whose tensors already live there)."""
+def device_binding(
+    outputs: Iterable[str], labels: np.ndarray, logits: np.ndarray, options: Any = None
+) -> tuple[Any, Any]:
+    """The float32 soft graph of `outputs` in a CUDA session (ONNX Runtime's session
+    options, or `options`), and an IO binding whose inputs were copied to device memory
+    once and whose outputs stay there: `session.run_with_iobinding(binding)` runs it
+    (ORT syncs the stream at its end)."""
     import onnxruntime as ort
-    import torch
 
     from service.engine import graphs
     from service.engine.types import DType
 
-    def device_resident(outputs: frozenset[str]) -> Callable[[], object]:
-        model = graphs.soft_graph(DType.float32, 2, outputs)  # type: ignore[arg-type]
-        session = ort.InferenceSession(
-            model.SerializeToString(), providers=["CUDAExecutionProvider"]
-        )
-        binding = session.io_binding()
-        feeds = {"labels": labels, "logits": logits}
-        if outputs != {"loss"}:
-            feeds["grad_loss"] = np.ones((labels.shape[0], 1), np.float32)
-        for name, array in feeds.items():
-            binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array, "cuda", 0))
-        for name in sorted(outputs):
-            binding.bind_output(name, "cuda", 0)
-        return lambda: session.run_with_iobinding(binding)  # ORT syncs the stream at its end
+    wanted = sorted(outputs)
+    model = graphs.soft_graph(DType.float32, 2, wanted)  # type: ignore[arg-type]
+    session = ort.InferenceSession(
+        model.SerializeToString(), options, providers=["CUDAExecutionProvider"]
+    )
+    binding = session.io_binding()
+    feeds = {"labels": labels, "logits": logits}
+    if wanted != ["loss"]:
+        feeds["grad_loss"] = np.ones((labels.shape[0], 1), np.float32)
+    for name, array in feeds.items():
+        binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(array, "cuda", 0))
+    for name in wanted:
+        binding.bind_output(name, "cuda", 0)
+    return session, binding
+
+
+def cuda_contenders(labels: np.ndarray, logits: np.ndarray) -> dict[str, Callable[[], object]]:
+    """On the GPU: PyTorch from and to numpy (the server's case), and the two floors that
+    keep inputs and outputs in device memory (what IO binding to the device would give
+    a caller whose tensors already live there)."""
+    import torch
+
+    def device_resident(outputs: list[str]) -> Callable[[], object]:
+        session, binding = device_binding(outputs, labels, logits)
+        return lambda: session.run_with_iobinding(binding)
 
     x_gpu, y_gpu = torch.from_numpy(logits).cuda(), torch.from_numpy(labels).cuda()
 
@@ -197,8 +210,8 @@ def cuda_contenders(labels: np.ndarray, logits: np.ndarray) -> dict[str, Callabl
         return run
 
     return {
-        "ORT CUDA loss, device-resident": device_resident(frozenset({"loss"})),
-        "ORT CUDA loss + grads, device-resident": device_resident(frozenset(EVERYTHING)),
+        "ORT CUDA loss, device-resident": device_resident(["loss"]),
+        "ORT CUDA loss + grads, device-resident": device_resident(EVERYTHING),
         "PyTorch CUDA loss": torch_from_host(False),
         "PyTorch CUDA loss + grads": torch_from_host(True),
         "PyTorch CUDA loss, device-resident": torch_on_device(False),
